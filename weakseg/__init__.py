@@ -1,0 +1,3 @@
+"""weakseg: weakly supervised semantic segmentation toolkit."""
+
+__version__ = "0.1.0"
