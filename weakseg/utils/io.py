@@ -1,0 +1,135 @@
+"""Atomic file output and safe readers.
+
+Every output file in weakseg is written to a temporary name in the destination folder and then renamed, so that
+the existence of the final file means it is complete (an interrupted run never leaves a truncated file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    The temporary file keeps the final suffix so that writers that infer the format from the name work.
+    On error the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Save an H×W uint8 label map as a PNG (palette "P" mode when ``palette`` (256×3 uint8) is given)."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map for {path} must be 2-D, got shape {label.shape}")
+    if label.min(initial=0) < 0 or label.max(initial=0) > 255:
+        raise ValueError(f"label map for {path} has values outside 0..255")
+    img = Image.fromarray(label.astype(np.uint8), mode="L")
+    if palette is not None:
+        img = img.convert("P")
+        img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Save an H×W×3 uint8 RGB image; the format follows the suffix (.png, .jpg)."""
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(Path(path).suffix.lower(), "PNG")
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Save named arrays to a compressed ``.npz`` (read back with ``np.load(path, allow_pickle=False)``)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 RGB; raises ``DataError`` naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel label PNG (mode P or L) as H×W uint8 class indices (no palette conversion)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label file not found")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(f"{path}: label PNG must be single-channel (mode P or L), got mode {img.mode}")
+            arr = np.asarray(img)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read label ({exc})") from exc
+    if arr.dtype != np.uint8:
+        if arr.min() < 0 or arr.max() > 255:
+            raise DataError(f"{path}: label values outside 0..255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file read from its header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read image header ({exc})") from exc
+    return h, w
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
