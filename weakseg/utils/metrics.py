@@ -23,6 +23,8 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        # ground-truth pixels whose prediction abstained (prediction == ignore_index), per class
+        self.abstained = torch.zeros(num_classes, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Add a prediction / ground-truth pair (any shape, same shape, integer class ids).
@@ -41,7 +43,6 @@ class ConfusionMatrix:
             raise ValueError(f"ground truth contains class ids outside 0..{self.num_classes - 1} (and not {self.ignore_index})")
         abstain = pred == self.ignore_index
         if abstain.any():
-            self.abstained = getattr(self, "abstained", torch.zeros(self.num_classes, dtype=torch.int64))
             self.abstained += torch.bincount(target[abstain], minlength=self.num_classes)
             pred, target = pred[~abstain], target[~abstain]
         if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
@@ -51,8 +52,7 @@ class ConfusionMatrix:
 
     def merge(self, other: "ConfusionMatrix") -> None:
         self.mat += other.mat
-        if hasattr(other, "abstained"):
-            self.abstained = getattr(self, "abstained", torch.zeros_like(other.abstained)) + other.abstained
+        self.abstained += other.abstained
 
     def compute(self, absent: str = "zero") -> dict:
         """Metrics from the accumulated matrix.
@@ -71,7 +71,7 @@ class ConfusionMatrix:
         mat = self.mat.double()
         tp = mat.diag()
         gt = mat.sum(1)
-        abst = getattr(self, "abstained", torch.zeros(self.num_classes, dtype=torch.int64)).double()
+        abst = self.abstained.double()
         gt_all = gt + abst
         pr = mat.sum(0)
         union = gt_all + pr - tp
