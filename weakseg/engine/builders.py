@@ -1,0 +1,73 @@
+"""Build datasets and methods from a ``Config`` (the only place config sections become constructor arguments)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from weakseg.data.dataset import SegDataset, meta_from_root
+from weakseg.data.meta import DatasetMeta
+from weakseg.data.transforms import build_eval_transforms, build_train_transforms
+from weakseg.engine.config import Config, ConfigError
+from weakseg.methods import METHODS, Method
+
+
+def dataset_meta(cfg: Config) -> DatasetMeta:
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: dataset folder {root} does not exist")
+    return meta_from_root(root)
+
+
+def _root_path(cfg: Config, rel: str | None) -> str | None:
+    if rel is None:
+        return None
+    p = Path(rel)
+    return str(p if p.is_absolute() else Path(cfg.data.root) / p)
+
+
+def _common_kwargs(cfg: Config, meta: DatasetMeta) -> dict:
+    d = cfg.data
+    return dict(
+        meta=meta,
+        image_dir=d.image_dir,
+        image_ext=d.image_ext,
+        label_dir=d.label_dir,
+        scribble_dir=d.scribble_dir,
+        pseudo_dir=_root_path(cfg, d.pseudo_dir),
+        saliency_dir=_root_path(cfg, d.saliency_dir),
+        tags_source=d.tags_source,
+        tags_file=_root_path(cfg, d.tags_file),
+        lenient=d.lenient,
+    )
+
+
+def build_train_dataset(cfg: Config, supervision: str, meta: DatasetMeta, extra_maps: dict | None = None,
+                        list_file: str | None = None, transform=None) -> SegDataset:
+    d = cfg.data
+    if transform is None:
+        transform = build_train_transforms(
+            crop_size=d.crop_size, scale_range=d.scale_range, flip_prob=d.flip_prob, color_jitter=d.color_jitter,
+            mean=d.mean, std=d.std,
+        )
+    return SegDataset(d.root, list_file or d.train_list, supervision=supervision, extra_maps=extra_maps,
+                      transform=transform, **_common_kwargs(cfg, meta))
+
+
+def build_eval_dataset(cfg: Config, meta: DatasetMeta, list_file: str | None = None, with_label: bool = True,
+                       supervision: str = "none", extra_maps: dict | None = None) -> SegDataset:
+    d = cfg.data
+    return SegDataset(d.root, list_file or d.val_list, supervision=supervision, with_label=with_label,
+                      extra_maps=extra_maps, transform=build_eval_transforms(mean=d.mean, std=d.std),
+                      **_common_kwargs(cfg, meta))
+
+
+def build_method(cfg: Config, num_classes: int) -> Method:
+    return METHODS[cfg.method.name](cfg.method, cfg.model, num_classes)
+
+
+def derive_iters(cfg: Config, train_len: int) -> int:
+    """schedule.iters, or ceil(epochs × train_len / global batch) when schedule.epochs is set."""
+    if cfg.schedule.epochs is None:
+        return cfg.schedule.iters
+    return max(1, math.ceil(cfg.schedule.epochs * train_len / cfg.engine.batch_size))
