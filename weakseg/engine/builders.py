@@ -71,3 +71,27 @@ def derive_iters(cfg: Config, train_len: int) -> int:
     if cfg.schedule.epochs is None:
         return cfg.schedule.iters
     return max(1, math.ceil(cfg.schedule.epochs * train_len / cfg.engine.batch_size))
+
+
+def load_trained(ckpt_path: str | Path, overrides: list[str] | None = None, config_path: str | Path | None = None):
+    """(cfg, method, meta) from a weakseg checkpoint; the config stored in the checkpoint is used unless a preset
+    is given, and overrides apply on top. The method's weights load strictly."""
+    from weakseg.engine.checkpoint import load_checkpoint
+    from weakseg.engine.config import config_from_dict, load_config
+
+    ckpt = load_checkpoint(ckpt_path)
+    if config_path is not None:
+        cfg = load_config(config_path, overrides)
+    else:
+        cfg = config_from_dict(ckpt["config"], overrides, source=f"{ckpt_path} (stored config)")
+    classes = (ckpt.get("extra") or {}).get("classes")
+    meta = DatasetMeta(tuple(classes)) if classes else dataset_meta(cfg)
+    # the checkpoint holds every weight: never fetch pretrained backbone weights again
+    cfg.model.pretrained = None
+    method = build_method(cfg, meta.num_classes)
+    try:
+        method.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{ckpt_path}: weights do not match the {cfg.method.name} / {cfg.model.backbone} model "
+                         f"built from its config ({exc})") from exc
+    return cfg, method, meta

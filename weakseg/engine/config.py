@@ -322,6 +322,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(data, source)
 
 
+def config_from_dict(data: dict, overrides: list[str] | None = None, source: str = "<checkpoint>") -> Config:
+    """Rebuild a Config from a stored mapping (a checkpoint's ``config``), with overrides applied."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _set_path(data, keys, value)
+    return build_config(data, source)
+
+
 def validate(cfg: Config, source: str = "<config>") -> None:
     """Cross-field checks with messages that name the key."""
     choices = {

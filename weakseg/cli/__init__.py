@@ -1,0 +1,177 @@
+"""The ``weakseg`` command.
+
+    weakseg data {trainaug,scribbles,context,simulate-scribbles,synth,image-labels} ...
+    weakseg train CONFIG [--set key=value ...] [--resume [CKPT]]
+    weakseg eval  --ckpt CKPT [--set key=value ...] [--crf PRESET] [--out DIR]
+    weakseg predict IMAGE_OR_DIR... --ckpt CKPT --out DIR [--crf PRESET] [--overlay] [--probs]
+    weakseg demo [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from weakseg import __version__
+
+log = logging.getLogger("weakseg")
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scales", type=float, nargs="+", help="test scales (eval.scales)")
+    p.add_argument("--flip", action="store_true", default=None, help="add flipped passes (eval.flip)")
+    p.add_argument("--average", choices=("logit", "prob"), help="what is averaged over scales/flips")
+    p.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window inference")
+    p.add_argument("--crf", metavar="PRESET", help="dense CRF preset (blpseg, bes_label, bes_semseg, deeplabv2, "
+                                                   "webcoseg); 'none' switches it off")
+    p.add_argument("--crf-workers", type=int, default=2, help="processes running the CRF (default 2)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (engine.device)")
+
+
+def _eval_overrides(args) -> list[str]:
+    out = list(args.set or [])
+    if args.scales:
+        out.append(f"eval.scales=[{','.join(map(str, args.scales))}]")
+    if args.flip:
+        out.append("eval.flip=true")
+    if args.average:
+        out.append(f"eval.average={args.average}")
+    if args.mode:
+        out.append(f"eval.mode={args.mode}")
+    if args.crf:
+        out.append("eval.crf=null" if args.crf.lower() == "none" else f"eval.crf={args.crf}")
+    if args.device:
+        out.append(f"engine.device={args.device}")
+    return out
+
+
+def cmd_train(args) -> int:
+    from weakseg.engine.config import load_config
+    from weakseg.engine.trainer import train
+
+    cfg = load_config(args.config, args.set)
+    resume: bool | str = False
+    if args.resume is not None:
+        resume = True if args.resume == "" else args.resume
+    result = train(cfg, resume=resume, evaluate_after=not args.no_eval)
+    if "metrics" in result:
+        print(f"mIoU {100 * result['metrics']['miou']:.2f}  checkpoint {result['checkpoint']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from weakseg.engine import builders
+    from weakseg.engine.amp import autocast_dtype
+    from weakseg.engine.config import resolve_work_dir
+    from weakseg.engine.evaluator import evaluate
+    from weakseg.engine.trainer import setup_logging
+    from weakseg.utils import dist as wdist
+
+    cfg, method, meta = builders.load_trained(args.ckpt, _eval_overrides(args), args.config)
+    device = wdist.init_distributed(cfg.engine.device)
+    out = Path(args.out) if args.out else resolve_work_dir(cfg) / "eval"
+    setup_logging(out, "eval.log")
+    dataset = builders.build_eval_dataset(cfg, meta, list_file=args.list)
+    if len(dataset) == 0:
+        raise ValueError(f"{args.list or cfg.data.val_list}: empty evaluation list")
+    method.to(device)
+    metrics = evaluate(method, dataset, cfg.eval, meta, out, device, mean=cfg.data.mean, std=cfg.data.std,
+                       amp_dtype=autocast_dtype(cfg.engine.amp, device), crf_workers=args.crf_workers)
+    if wdist.is_main():
+        print(f"mIoU {100 * metrics['miou']:.2f} over {metrics['images']} images; report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from weakseg.engine import builders
+    from weakseg.engine.amp import autocast_dtype
+    from weakseg.engine.predictor import predict_images
+    from weakseg.engine.trainer import setup_logging
+    from weakseg.utils import dist as wdist
+
+    cfg, method, meta = builders.load_trained(args.ckpt, _eval_overrides(args), args.config)
+    device = wdist.init_distributed(cfg.engine.device)
+    setup_logging(None)
+    method.to(device)
+    counts = predict_images(method, meta, args.inputs, Path(args.out), ev=cfg.eval, mean=cfg.data.mean,
+                            std=cfg.data.std, device=device, amp_dtype=autocast_dtype(cfg.engine.amp, device),
+                            batch_size=args.batch_size, save_overlay=args.overlay, save_probs=args.probs,
+                            crf_workers=args.crf_workers, overwrite=args.overwrite)
+    print(f"{counts['done']} predicted, {counts['skipped']} already done; output: {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from weakseg.engine.demo import run_demo
+
+    report = run_demo(Path(args.out), quick=args.quick)
+    print(f"demo report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from weakseg.cli.data import add_data_commands
+
+    parser = argparse.ArgumentParser(prog="weakseg", description="Weakly supervised semantic segmentation toolkit")
+    parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    add_data_commands(sub)
+
+    p = sub.add_parser("train", help="train a method from a YAML preset")
+    p.add_argument("config", help="preset YAML (configs/...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue from the newest checkpoint of the work dir (or from CKPT)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained checkpoint (mIoU, per-class IoU, report)")
+    p.add_argument("--ckpt", required=True, help="checkpoint (model_final.pth or iter_*.pth)")
+    p.add_argument("--config", help="preset to use instead of the config stored in the checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--list", help="id list to evaluate (default data.val_list)")
+    p.add_argument("--out", help="output folder (default <work_dir>/eval)")
+    _add_eval_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict label maps for images, folders or list files")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, or .txt lists of image paths")
+    p.add_argument("--ckpt", required=True, help="checkpoint")
+    p.add_argument("--config", help="preset to use instead of the config stored in the checkpoint")
+    p.add_argument("--out", required=True, help="output folder (<id>.png palette label maps)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same-size images)")
+    p.add_argument("--overlay", action="store_true", help="also write overlays/<id>.jpg")
+    p.add_argument("--probs", action="store_true", help="also write probs/<id>.npy (C×H×W float16)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    _add_eval_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="synthetic benchmark → train baselines and BLPSeg on CPU → report")
+    p.add_argument("--out", default="work_dirs/demo", help="output folder (default work_dirs/demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from weakseg.engine.config import ConfigError
+    from weakseg.utils.io import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as exc:
+        print(f"weakseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

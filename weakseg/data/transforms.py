@@ -1,0 +1,491 @@
+"""Joint transforms on sample dicts (keys from :mod:`weakseg.data.keys`).
+
+Every transform takes a sample dict and returns a new dict (the input dict is not modified). Arrays stay numpy
+until :class:`ToTensor`. Geometric transforms touch every spatial key present and read its resize mode and pad value
+from :data:`weakseg.data.keys.POLICY`:
+
+* ``image``: H×W×3 uint8 (or float32 after :class:`Normalize`), channels last.
+* ``cam``: K×H×W float32, channels first.
+* every other spatial key: H×W (uint8 label-like maps with 255 = ignore / not annotated, or float32 maps).
+
+A key that is neither spatial (``POLICY``) nor non-spatial (``NON_SPATIAL``) raises ``ValueError`` so that a map
+is never silently left un-augmented while the image moves.
+
+Randomness: random transforms draw from a :class:`numpy.random.Generator`. :class:`Compose` passes one generator
+to all of its transforms. Pass ``rng=`` explicitly for full control, otherwise Compose derives a generator from
+``torch.initial_seed()`` (which differs per DataLoader worker and per epoch, and is fixed by ``torch.manual_seed``),
+so DataLoader workers draw different augmentations and a run is reproducible by its seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from weakseg.data import keys as K
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# keys whose integer maps become int64 tensors (class ids / codes); float maps become float32 tensors
+INT_KEYS = (K.LABEL, K.SCRIBBLE, K.PSEUDO, K.BOUNDARY, K.DISTANCE, K.VALID)
+
+_PIL_MODES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+
+def _spatial_keys(sample: dict) -> list[str]:
+    out = []
+    for key in sample:
+        if key in K.POLICY:
+            out.append(key)
+        elif key not in K.NON_SPATIAL:
+            raise ValueError(f"sample key {key!r} has no resize/pad policy in weakseg.data.keys.POLICY")
+    return out
+
+
+def _hw(key: str, arr: np.ndarray) -> tuple[int, int]:
+    if key == K.CAM:
+        if arr.ndim != 3:
+            raise ValueError(f"{key!r} must be K×H×W, got shape {arr.shape}")
+        return arr.shape[1], arr.shape[2]
+    if key == K.IMAGE:
+        if arr.ndim != 3:
+            raise ValueError(f"{key!r} must be H×W×3, got shape {arr.shape}")
+        return arr.shape[0], arr.shape[1]
+    if arr.ndim != 2:
+        raise ValueError(f"{key!r} must be H×W, got shape {arr.shape}")
+    return arr.shape[0], arr.shape[1]
+
+
+def sample_size(sample: dict) -> tuple[int, int]:
+    """(H, W) shared by all spatial maps of ``sample``; ValueError when they disagree."""
+    sizes = {key: _hw(key, np.asarray(sample[key])) for key in _spatial_keys(sample)}
+    if not sizes:
+        raise ValueError("sample has no spatial key")
+    distinct = set(sizes.values())
+    if len(distinct) != 1:
+        raise ValueError(f"spatial maps of the sample differ in size: {sizes}")
+    return distinct.pop()
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    # destination cell j samples the source pixel under its centre: floor((j + 0.5) · n_in / n_out)
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.clip(idx, 0, n_in - 1)
+
+
+def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an H×W (or H×W×C) array to ``size`` = (h, w)."""
+    h, w = size
+    return arr[_nearest_index(arr.shape[0], h)[:, None], _nearest_index(arr.shape[1], w)[None, :]]
+
+
+def resize_sparse(arr: np.ndarray, size: tuple[int, int], unlabeled: int = 255) -> np.ndarray:
+    """Resize an H×W sparse annotation (scribbles; ``unlabeled`` = not annotated) so that no stroke vanishes.
+
+    Nearest-neighbour resize, plus every labelled source pixel (r, c) is written into the destination cell that
+    contains it, (⌊r·h/H⌋, ⌊c·w/W⌋). When downscaling, a destination cell is therefore labelled whenever any source
+    pixel inside it is; where the nearest sample itself is labelled it wins (deterministic). Upscaling reduces to
+    plain nearest-neighbour (every source pixel is sampled).
+    """
+    h, w = size
+    near = resize_nearest(arr, size)
+    rr, cc = np.nonzero(arr != unlabeled)
+    if rr.size == 0:
+        return near
+    out = np.full((h, w), unlabeled, dtype=arr.dtype)
+    dr = np.minimum((rr * h) // arr.shape[0], h - 1)
+    dc = np.minimum((cc * w) // arr.shape[1], w - 1)
+    out[dr, dc] = arr[rr, cc]
+    labelled = near != unlabeled
+    out[labelled] = near[labelled]
+    return out
+
+
+def _resize_float_2d(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    h, w = size
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((w, h), resample=_PIL_MODES[mode]), dtype=np.float32)
+
+
+def resize_map(key: str, arr: np.ndarray, size: tuple[int, int], image_mode: str = "bicubic") -> np.ndarray:
+    """Resize one sample map to ``size`` = (h, w) following its POLICY mode.
+
+    Images use ``image_mode`` (bicubic or bilinear; uint8 stays uint8, float stays float32); ``nearest`` maps are
+    index-sampled; ``sparse`` maps use :func:`resize_sparse`; ``bilinear`` float maps are resized per channel.
+    """
+    mode, pad = K.POLICY[key]
+    h, w = size
+    if (arr.shape[0], arr.shape[1]) == (h, w) and key != K.CAM:
+        return arr.copy()
+    if key == K.IMAGE:
+        if arr.dtype == np.uint8:
+            img = Image.fromarray(arr)
+            return np.asarray(img.resize((w, h), resample=_PIL_MODES[image_mode]))
+        return np.stack([_resize_float_2d(arr[..., c], size, image_mode) for c in range(arr.shape[2])], axis=-1)
+    if key == K.CAM:
+        if arr.shape[1:] == (h, w):
+            return arr.copy()
+        return np.stack([_resize_float_2d(ch, size, "bilinear") for ch in arr], axis=0).reshape(arr.shape[0], h, w)
+    if mode == "nearest" or (mode == "bilinear" and not np.issubdtype(arr.dtype, np.floating)):
+        return resize_nearest(arr, size)
+    if mode == "sparse":
+        return resize_sparse(arr, size, unlabeled=int(pad))
+    return _resize_float_2d(arr, size, "bilinear")
+
+
+def _resize_sample(sample: dict, size: tuple[int, int], image_mode: str) -> dict:
+    out = dict(sample)
+    for key in _spatial_keys(sample):
+        out[key] = resize_map(key, np.asarray(sample[key]), size, image_mode)
+    return out
+
+
+def _scaled(n: int, s: float) -> int:
+    return max(1, int(round(n * s)))
+
+
+def default_rng() -> np.random.Generator:
+    """A generator seeded from ``torch.initial_seed()`` (distinct per DataLoader worker, fixed by manual_seed)."""
+    return np.random.default_rng(torch.initial_seed() % (2**63))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------------------------------
+
+class Compose:
+    """Apply transforms in order, sharing one random generator.
+
+    Args:
+        transforms: callables ``t(sample, rng) -> sample``.
+        seed: optional extra seed mixed with ``torch.initial_seed()`` when no ``rng`` is passed to ``__call__``.
+
+    Without an explicit ``rng`` the generator is (re)created whenever ``torch.initial_seed()`` changes, i.e. once in
+    each DataLoader worker process and epoch, so workers never share a stream and runs repeat under a fixed seed.
+    """
+
+    def __init__(self, transforms: Sequence[Callable], seed: int | None = None):
+        self.transforms = list(transforms)
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+        self._rng_key: int | None = None
+
+    def _generator(self) -> np.random.Generator:
+        key = torch.initial_seed()
+        if self._rng is None or self._rng_key != key:
+            entropy = [key % (2**63)] + ([] if self.seed is None else [int(self.seed)])
+            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            self._rng_key = key
+        return self._rng
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = self._generator() if rng is None else rng
+        for t in self.transforms:
+            sample = t(sample, rng)
+        return sample
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+class RandomScale:
+    """Resize all maps by one factor s ~ U(scale_range) (BLPSeg [0.75, 1.25], CDSP [0.5, 2.0], BES [0.5, 1.5]).
+
+    The image is resized bicubically (``image_mode``), dense labels nearest, scribbles ``sparse`` (no stroke pixel
+    vanishes when downscaling), float maps bilinearly. The new size is round(H·s) × round(W·s).
+    """
+
+    def __init__(self, scale_range: tuple[float, float] = (0.75, 1.25), image_mode: str = "bicubic"):
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        if image_mode not in _PIL_MODES:
+            raise ValueError(f"image_mode must be one of {sorted(_PIL_MODES)}, got {image_mode!r}")
+        self.scale_range = (float(lo), float(hi))
+        self.image_mode = image_mode
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = default_rng() if rng is None else rng
+        s = rng.uniform(*self.scale_range)
+        h, w = sample_size(sample)
+        return _resize_sample(sample, (_scaled(h, s), _scaled(w, s)), self.image_mode)
+
+    def __repr__(self) -> str:
+        return f"RandomScale({self.scale_range})"
+
+
+class ResizeLongSide:
+    """Resize so that the long side equals ``size`` (an int) or an integer drawn uniformly from ``size`` = (lo, hi)
+    inclusive (IRN's random long-side resize, e.g. (320, 640)). Aspect ratio is kept."""
+
+    def __init__(self, size: int | tuple[int, int], image_mode: str = "bicubic"):
+        if isinstance(size, int):
+            size = (size, size)
+        lo, hi = int(size[0]), int(size[1])
+        if not 0 < lo <= hi:
+            raise ValueError(f"long-side size must satisfy 0 < low <= high, got {size}")
+        if image_mode not in _PIL_MODES:
+            raise ValueError(f"image_mode must be one of {sorted(_PIL_MODES)}, got {image_mode!r}")
+        self.size = (lo, hi)
+        self.image_mode = image_mode
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        lo, hi = self.size
+        target = lo if lo == hi else int((default_rng() if rng is None else rng).integers(lo, hi + 1))
+        h, w = sample_size(sample)
+        s = target / max(h, w)
+        return _resize_sample(sample, (_scaled(h, s), _scaled(w, s)), self.image_mode)
+
+    def __repr__(self) -> str:
+        return f"ResizeLongSide({self.size})"
+
+
+class RandomCrop:
+    """Crop (or pad) every spatial map to ``size`` (int or (h, w)); adds ``valid`` (H×W uint8, 1 = real pixel).
+
+    Per axis: if the map is longer than the crop, a uniform random window is taken; if it is shorter, the map is
+    placed into a canvas filled with each key's pad value (image 0, labels 255, valid 0), at an offset chosen by
+    ``policy``:
+
+    * ``"paste"``: uniform random offset (BLPSeg);
+    * ``"center"``: centred;
+    * ``"corner"``: top-left, padding on the bottom/right (WebCoseg, DeepLab).
+
+    Crop after :class:`Normalize` so that image padding 0 is the mean colour (BLPSeg, BES).
+    """
+
+    POLICIES = ("paste", "center", "corner")
+
+    def __init__(self, size: int | tuple[int, int], policy: str = "paste"):
+        if isinstance(size, int):
+            size = (size, size)
+        if min(size) <= 0:
+            raise ValueError(f"crop size must be positive, got {size}")
+        if policy not in self.POLICIES:
+            raise ValueError(f"policy must be one of {self.POLICIES}, got {policy!r}")
+        self.size = (int(size[0]), int(size[1]))
+        self.policy = policy
+
+    def _axis(self, n: int, c: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        """(source start, destination start, length) along one axis of length n for crop length c."""
+        if n >= c:
+            return int(rng.integers(0, n - c + 1)), 0, c
+        if self.policy == "paste":
+            return 0, int(rng.integers(0, c - n + 1)), n
+        if self.policy == "center":
+            return 0, (c - n) // 2, n
+        return 0, 0, n
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = default_rng() if rng is None else rng
+        h, w = sample_size(sample)
+        ch, cw = self.size
+        sy, dy, ly = self._axis(h, ch, rng)
+        sx, dx, lx = self._axis(w, cw, rng)
+        out = dict(sample)
+        if K.VALID not in out:
+            out[K.VALID] = np.ones((h, w), dtype=np.uint8)
+        for key in _spatial_keys(out):
+            arr = np.asarray(out[key])
+            pad = K.POLICY[key][1]
+            if key == K.CAM:
+                canvas = np.full((arr.shape[0], ch, cw), pad, dtype=arr.dtype)
+                canvas[:, dy:dy + ly, dx:dx + lx] = arr[:, sy:sy + ly, sx:sx + lx]
+            else:
+                canvas = np.full((ch, cw) + arr.shape[2:], pad, dtype=arr.dtype)
+                canvas[dy:dy + ly, dx:dx + lx] = arr[sy:sy + ly, sx:sx + lx]
+            out[key] = canvas
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomCrop({self.size}, policy={self.policy!r})"
+
+
+class RandomHFlip:
+    """Mirror every spatial map left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = default_rng() if rng is None else rng
+        if rng.random() >= self.p:
+            return dict(sample)
+        out = dict(sample)
+        for key in _spatial_keys(sample):
+            arr = np.asarray(sample[key])
+            axis = 2 if key == K.CAM else 1
+            out[key] = np.ascontiguousarray(np.flip(arr, axis=axis))
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomHFlip(p={self.p})"
+
+
+def _rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc = rgb.max(-1)
+    minc = rgb.min(-1)
+    v = maxc
+    delta = maxc - minc
+    s = np.where(maxc > 0, delta / np.maximum(maxc, 1e-12), 0.0)
+    safe = np.maximum(delta, 1e-12)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = np.where(maxc == r, bc - gc, np.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    return np.stack([h, s, v], axis=-1)
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    i = np.floor(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+    i = i.astype(np.int64) % 6
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
+    return np.stack([r, g, b], axis=-1)
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
+
+
+class ColorJitter:
+    """Random brightness, contrast, saturation and hue change of the uint8 image (torchvision semantics).
+
+    Factors: brightness b ~ U[max(0, 1 − brightness), 1 + brightness] multiplies the image; contrast blends with the
+    mean grey level; saturation blends with the grey image; hue h ~ U[−hue, hue] rotates the HSV hue (hue ≤ 0.5).
+    The four operations run in a random order and the result is clipped to [0, 255] and stored back as uint8 in
+    ``image`` (unlike the BLPSeg reference, which computed the jittered image and never used it).
+    """
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+        for name, val in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if val < 0:
+                raise ValueError(f"{name} must be >= 0, got {val}")
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = default_rng() if rng is None else rng
+        img = np.asarray(sample[K.IMAGE])
+        if img.dtype != np.uint8:
+            raise ValueError(f"ColorJitter expects the uint8 image (apply it before Normalize), got {img.dtype}")
+        x = img.astype(np.float32) / 255.0
+        for op in rng.permutation(4):
+            if op == 0 and self.brightness > 0:
+                x = x * rng.uniform(max(0.0, 1 - self.brightness), 1 + self.brightness)
+            elif op == 1 and self.contrast > 0:
+                f = rng.uniform(max(0.0, 1 - self.contrast), 1 + self.contrast)
+                x = f * x + (1 - f) * _gray(x).mean()
+            elif op == 2 and self.saturation > 0:
+                f = rng.uniform(max(0.0, 1 - self.saturation), 1 + self.saturation)
+                x = f * x + (1 - f) * _gray(x)[..., None]
+            elif op == 3 and self.hue > 0:
+                hsv = _rgb_to_hsv(np.clip(x, 0.0, 1.0))
+                hsv[..., 0] = (hsv[..., 0] + rng.uniform(-self.hue, self.hue)) % 1.0
+                x = _hsv_to_rgb(hsv)
+            x = np.clip(x, 0.0, 1.0)
+        out = dict(sample)
+        out[K.IMAGE] = np.round(x * 255.0).astype(np.uint8)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation}, {self.hue})"
+
+
+class Normalize:
+    """uint8 H×W×3 RGB image → float32 H×W×3, (x / 255 − mean) / std (ImageNet statistics by default)."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3)
+        if np.any(self.std <= 0):
+            raise ValueError(f"std must be positive, got {std}")
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        img = np.asarray(sample[K.IMAGE])
+        if img.dtype != np.uint8:
+            raise ValueError(f"Normalize expects a uint8 image, got {img.dtype}")
+        out = dict(sample)
+        out[K.IMAGE] = ((img.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+class ToTensor:
+    """numpy → torch.
+
+    ``image`` H×W×3 → float32 3×H×W; integer maps of ``INT_KEYS`` (label, scribble, pseudo, boundary, distance,
+    valid) → int64 H×W; float maps → float32 (``cam`` stays K×H×W); ``tags`` → float32 C; ``id`` and ``orig_size``
+    are left as they are.
+    """
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        out = dict(sample)
+        for key, val in sample.items():
+            if key in (K.ID, K.ORIG_SIZE) or isinstance(val, torch.Tensor):
+                continue
+            arr = np.asarray(val)
+            if key == K.IMAGE:
+                out[key] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+            elif key == K.TAGS or np.issubdtype(arr.dtype, np.floating):
+                out[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            elif key in INT_KEYS:
+                out[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+            else:
+                out[key] = torch.from_numpy(np.ascontiguousarray(arr))
+        return out
+
+    def __repr__(self) -> str:
+        return "ToTensor()"
+
+
+def build_train_transforms(
+    crop_size: int | tuple[int, int] | None,
+    scale_range: tuple[float, float] | None = (0.75, 1.25),
+    flip_prob: float = 0.5,
+    color_jitter: tuple[float, float, float, float] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_policy: str = "paste",
+    seed: int | None = None,
+) -> Compose:
+    """Training pipeline in BLPSeg order: flip → random scale → colour jitter → normalize → crop → tensors.
+
+    ``crop_size`` None skips cropping, ``scale_range`` None skips scaling, ``color_jitter`` is (brightness, contrast,
+    saturation, hue) or None.
+    """
+    ts: list[Callable] = []
+    if flip_prob > 0:
+        ts.append(RandomHFlip(flip_prob))
+    if scale_range is not None:
+        ts.append(RandomScale(scale_range))
+    if color_jitter is not None:
+        ts.append(ColorJitter(*color_jitter))
+    ts.append(Normalize(mean, std))
+    if crop_size is not None:
+        ts.append(RandomCrop(crop_size, policy=crop_policy))
+    ts.append(ToTensor())
+    return Compose(ts, seed=seed)
+
+
+def build_eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Compose:
+    """Evaluation pipeline: normalize → tensors (full image, no resizing; multi-scale lives in the inferencer)."""
+    return Compose([Normalize(mean, std), ToTensor()])
