@@ -2,6 +2,7 @@
 
     weakseg data {trainaug,scribbles,context,simulate-scribbles,synth,image-labels} ...
     weakseg train CONFIG [--set key=value ...] [--resume [CKPT]]
+    weakseg run CONFIG [--from STAGE] [--only STAGE] [--force]
     weakseg eval  --ckpt CKPT [--set key=value ...] [--crf PRESET] [--out DIR]
     weakseg predict IMAGE_OR_DIR... --ckpt CKPT --out DIR [--crf PRESET] [--overlay] [--probs]
     weakseg demo [--out DIR]
@@ -103,6 +104,20 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from weakseg.engine.config import load_config
+    from weakseg.engine.pipeline import run_pipeline
+    from weakseg.utils import dist as wdist
+
+    cfg = load_config(args.config, args.set)
+    summary = run_pipeline(cfg, from_stage=args.from_stage, only=args.only, force=args.force)
+    if wdist.is_main():
+        for name, info in summary.items():
+            extra = f"  mIoU {100 * info['miou']:.2f}" if info.get("miou") is not None else ""
+            print(f"{name}: done{extra}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from weakseg.engine.demo import run_demo
 
@@ -127,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the newest checkpoint of the work dir (or from CKPT)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run the stages of a multi-stage method (e.g. SBE/BES)")
+    p.add_argument("config", help="preset YAML (configs/...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="start at this stage")
+    p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+    p.add_argument("--force", action="store_true", help="redo the selected stages even if they are complete")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint (mIoU, per-class IoU, report)")
     p.add_argument("--ckpt", required=True, help="checkpoint (model_final.pth or iter_*.pth)")

@@ -15,6 +15,7 @@ Saliency PNGs are 8-bit single-channel, round(255·S).
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 from pathlib import Path
@@ -34,7 +35,10 @@ STD = (0.229, 0.224, 0.225)
 
 def find_u2netp() -> Path:
     """Path of ``u2netp.onnx`` inside the installed ``rembg`` package, located without importing it."""
-    spec = importlib.util.find_spec("rembg")
+    try:
+        spec = importlib.util.find_spec("rembg")
+    except ValueError:  # a module object "rembg" without a spec is in sys.modules: search sys.path instead
+        spec = importlib.machinery.PathFinder.find_spec("rembg")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for loc in locations:
         path = Path(loc) / MODEL_FILE

@@ -88,14 +88,15 @@ def _geometry(h: int, w: int, radius: int, tile: int) -> _Geometry:
 
 def _target_tiles(x: Tensor, g: _Geometry) -> Tensor:
     """N×K×h×w → view N×nty×ntx×ty×tx×K of the target tiles (zero-padded to whole tiles)."""
-    x = F.pad(x, (0, g.wp - g.w, 0, g.hp - g.h))
-    return x.unfold(2, g.ty, g.ty).unfold(3, g.tx, g.tx).permute(0, 2, 3, 4, 5, 1)
+    # channels-last copy first, so that the gathers below read contiguous K-vectors
+    x = F.pad(x, (0, g.wp - g.w, 0, g.hp - g.h)).permute(0, 2, 3, 1).contiguous()
+    return x.unfold(1, g.ty, g.ty).unfold(2, g.tx, g.tx).permute(0, 1, 2, 4, 5, 3)
 
 
 def _source_tiles(x: Tensor, g: _Geometry) -> Tensor:
     """N×K×h×w → view N×nty×ntx×ky×kx×K of the halo of every tile (zero-padded by the radius)."""
-    x = F.pad(x, (g.rx, g.rx + g.wp - g.w, g.ry, g.ry + g.hp - g.h))
-    return x.unfold(2, g.ky, g.ty).unfold(3, g.kx, g.tx).permute(0, 2, 3, 4, 5, 1)
+    x = F.pad(x, (g.rx, g.rx + g.wp - g.w, g.ry, g.ry + g.hp - g.h)).permute(0, 2, 3, 1).contiguous()
+    return x.unfold(1, g.ky, g.ty).unfold(2, g.kx, g.tx).permute(0, 1, 2, 4, 5, 3)
 
 
 def _untile(x: Tensor, n: int, g: _Geometry) -> Tensor:

@@ -133,3 +133,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the problem."""
+
+
+def load_json(path: str | os.PathLike):
+    """Read a JSON file; DataError naming the file when it is missing or invalid."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc})") from exc

@@ -1,0 +1,274 @@
+"""Scribble simulation from dense masks ("how people draw scribbles"), with URSS-style shrink / drop variants.
+
+This is weakseg's own generator, not the (unpublished) URSS procedure (spec §1.4). For every connected region
+(8-connectivity) of every class — background included unless ``background=False`` — it draws
+``strokes_per_region`` strokes:
+
+1. Distance transform of the region (the image border counts as boundary), depth d_max = its maximum.
+2. *Erosion*: the core is the set of region pixels with depth ≥ max(1, erosion·d_max). Thin parts (legs, tails,
+   spikes) and corners are shallower than that and fall outside the core, so strokes rarely reach them.
+3. The first stroke follows the longest ridge path of the largest core component: a shortest path, in a metric that
+   makes shallow pixels expensive (edge cost = step length · d_max / mean depth of its two pixels), between two
+   mutually far core pixels (a random pixel → the farthest pixel a → the farthest pixel b from a). Further strokes
+   start at a depth-weighted random core pixel (of a core component picked with probability ∝ its area) and run to
+   the pixel farthest from it.
+4. The path is resampled to control points every ``step`` pixels, the control points get a small smooth random
+   offset (≤ ``wobble``·erosion depth, hand tremor), and a polyline through them is drawn ``width`` pixels wide
+   (disc of diameter ``width``), clipped to the region, so a stroke never leaves its class.
+5. ``shrink`` keeps the middle (1 − shrink) of each stroke's arc length (shrink = 0.5 keeps the middle 50 %);
+   ``drop`` removes each stroke independently with that probability. Random numbers are drawn identically for every
+   shrink/drop value, so with the same seed the shrunk/dropped scribbles are subsets of the full ones.
+
+Small regions: area < ``min_dot_area`` → nothing; ``min_dot_area`` ≤ area < ``min_region_area`` → one dot
+(a ``width`` disc clipped to the region) at the deepest pixel (still subject to ``drop``).
+
+Output: H×W uint8, class index on stroke pixels, ``ignore_index`` (255) = not annotated. Pixels that are
+``ignore_index`` in the input mask are never a class and never scribbled.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from weakseg.data.dataset import read_list_file
+from weakseg.data.meta import voc_palette
+from weakseg.data.scribble_xml import line_pixels
+from weakseg.utils.io import DataError, read_label, save_label_png
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+_NEIGH = ((0, 1, 1.0), (1, 0, 1.0), (1, 1, np.sqrt(2.0)), (1, -1, np.sqrt(2.0)))
+
+
+def _disc(width: int) -> np.ndarray:
+    r = (width - 1) / 2.0
+    n = int(np.ceil(r))
+    yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
+    return (yy**2 + xx**2) <= r * r + 0.5
+
+
+def _ridge_graph(dist: np.ndarray, core: np.ndarray, d_max: float):
+    """Sparse symmetric graph over core pixels with ridge-favouring edge costs; returns (graph, rows, cols)."""
+    rows, cols = np.nonzero(core)
+    idx = np.full(core.shape, -1, dtype=np.int64)
+    idx[rows, cols] = np.arange(rows.size)
+    h, w = core.shape
+    src, dst, wts = [], [], []
+    for dr, dc, step in _NEIGH:
+        r2, c2 = rows + dr, cols + dc
+        ok = (r2 >= 0) & (r2 < h) & (c2 >= 0) & (c2 < w)
+        r1, c1, r2, c2 = rows[ok], cols[ok], r2[ok], c2[ok]
+        ok2 = core[r2, c2]
+        r1, c1, r2, c2 = r1[ok2], c1[ok2], r2[ok2], c2[ok2]
+        depth = 0.5 * (dist[r1, c1] + dist[r2, c2])
+        src.append(idx[r1, c1])
+        dst.append(idx[r2, c2])
+        wts.append(step * d_max / np.maximum(depth, 1e-3))
+    n = rows.size
+    graph = coo_matrix((np.concatenate(wts), (np.concatenate(src), np.concatenate(dst))), shape=(n, n)).tocsr()
+    return graph, rows, cols
+
+
+def _farthest(graph, source: int) -> tuple[int, np.ndarray, np.ndarray]:
+    d, pred = dijkstra(graph, directed=False, indices=source, return_predecessors=True)
+    d = np.where(np.isfinite(d), d, -1.0)
+    return int(np.argmax(d)), d, pred
+
+
+def _path(pred: np.ndarray, end: int) -> list[int]:
+    out = [end]
+    while pred[out[-1]] >= 0:
+        out.append(int(pred[out[-1]]))
+    return out[::-1]
+
+
+def _keep_middle(pts: np.ndarray, shrink: float) -> np.ndarray:
+    """The middle (1 − shrink) of a polyline's arc length (points are kept, not interpolated)."""
+    if shrink <= 0 or len(pts) < 2:
+        return pts
+    seg = np.sqrt((np.diff(pts.astype(np.float64), axis=0) ** 2).sum(1))
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    total = s[-1]
+    lo, hi = 0.5 * shrink * total, (1 - 0.5 * shrink) * total
+    keep = (s >= lo - 1e-9) & (s <= hi + 1e-9)
+    if not keep.any():
+        keep[np.argmin(np.abs(s - 0.5 * total))] = True
+    return pts[keep]
+
+
+def _wobble(pts: np.ndarray, rng: np.random.Generator, amplitude: float, step: int) -> np.ndarray:
+    """Resample a pixel path to control points every ``step`` pixels and add a smooth lateral offset."""
+    ctrl = pts[::step]
+    if len(pts) > 1 and not np.array_equal(ctrl[-1], pts[-1]):
+        ctrl = np.concatenate([ctrl, pts[-1:]], axis=0)
+    ctrl = ctrl.astype(np.float64)
+    n = len(ctrl)
+    phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.5)
+    if n < 3 or amplitude <= 0:
+        return np.round(ctrl).astype(np.int64)
+    tang = np.gradient(ctrl, axis=0)
+    norm = np.stack([-tang[:, 1], tang[:, 0]], axis=1)
+    norm /= np.maximum(np.linalg.norm(norm, axis=1, keepdims=True), 1e-9)
+    t = np.linspace(0, 1, n)
+    off = amplitude * np.sin(2 * np.pi * freq * t + phase) * np.sin(np.pi * t)  # zero at both ends
+    return np.round(ctrl + off[:, None] * norm).astype(np.int64)
+
+
+def _polyline(ctrl: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    canvas = np.zeros(shape, dtype=bool)
+    if len(ctrl) == 1:
+        canvas[ctrl[0, 0], ctrl[0, 1]] = True
+        return canvas
+    pix = np.concatenate([line_pixels(*ctrl[j], *ctrl[j + 1]) for j in range(len(ctrl) - 1)], axis=0)
+    pix[:, 0] = np.clip(pix[:, 0], 0, shape[0] - 1)
+    pix[:, 1] = np.clip(pix[:, 1], 0, shape[1] - 1)
+    canvas[pix[:, 0], pix[:, 1]] = True
+    return canvas
+
+
+def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = None, seed: int | None = None,
+                       strokes_per_region: int = 1, width: int = 3, erosion: float = 0.4,
+                       min_region_area: int = 100, min_dot_area: int = 9, shrink: float = 0.0, drop: float = 0.0,
+                       ignore_index: int = 255, background: bool = True, wobble: float = 0.3, step: int = 6
+                       ) -> np.ndarray:
+    """Simulate human-like scribbles for an H×W uint8 mask (see the module docstring for the procedure).
+
+    Args:
+        label: H×W uint8 class ids, ``ignore_index`` = void.
+        rng, seed: randomness (one of them; ``seed`` builds ``np.random.default_rng(seed)``; neither = seed 0).
+        strokes_per_region: strokes per connected region (≥ 1).
+        width: stroke width in pixels (disc diameter; 1 = one-pixel polyline).
+        erosion: core depth threshold as a fraction of the region's maximum depth, in [0, 1).
+        min_region_area: regions smaller than this get a dot instead of strokes.
+        min_dot_area: regions smaller than this get nothing.
+        shrink: fraction of each stroke's arc length removed, half at each end, in [0, 1).
+        drop: probability that each stroke (or dot) is removed, in [0, 1].
+        ignore_index: void value of ``label`` and the not-annotated value of the output.
+        background: also scribble class 0.
+        wobble: lateral tremor amplitude as a fraction of the core depth threshold.
+        step: control-point spacing in pixels along the path.
+
+    Returns:
+        H×W uint8 scribble map, class ids on stroke pixels and ``ignore_index`` elsewhere.
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label must be H×W, got shape {label.shape}")
+    if strokes_per_region < 1 or width < 1 or step < 1:
+        raise ValueError("strokes_per_region, width and step must be >= 1")
+    if not 0 <= erosion < 1 or not 0 <= shrink < 1 or not 0 <= drop <= 1:
+        raise ValueError(f"need 0 <= erosion < 1, 0 <= shrink < 1, 0 <= drop <= 1; got {erosion}, {shrink}, {drop}")
+    if rng is None:
+        rng = np.random.default_rng(0 if seed is None else seed)
+    out = np.full(label.shape, ignore_index, dtype=np.uint8)
+    disc = _disc(width)
+    classes = [int(c) for c in np.unique(label) if c != ignore_index and (background or c != 0)]
+    for cls in classes:
+        comps, n_comp = ndimage.label(label == cls, structure=_EIGHT)
+        if n_comp == 0:
+            continue
+        slices = ndimage.find_objects(comps)
+        for k, sl in enumerate(slices, 1):
+            # crop with a 1-pixel margin so the EDT sees the image border as boundary
+            r0, r1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, label.shape[0])
+            c0, c1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, label.shape[1])
+            region = comps[r0:r1, c0:c1] == k
+            area = int(region.sum())
+            if area < min_dot_area:
+                continue
+            dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+            d_max = float(dist.max())
+            if area < min_region_area:
+                strokes = []
+                if rng.random() >= drop:
+                    dot = np.zeros_like(region)
+                    dot[np.unravel_index(int(np.argmax(dist)), dist.shape)] = True
+                    strokes.append(dot)
+            else:
+                strokes = _region_strokes(region, dist, d_max, rng, strokes_per_region, erosion, shrink, drop,
+                                          wobble, step)
+            for line in strokes:
+                mask = ndimage.binary_dilation(line, structure=disc) if width > 1 else line
+                mask &= region
+                out[r0:r1, c0:c1][mask] = cls
+    return out
+
+
+def _region_strokes(region: np.ndarray, dist: np.ndarray, d_max: float, rng: np.random.Generator, n_strokes: int,
+                    erosion: float, shrink: float, drop: float, wobble: float, step: int) -> list[np.ndarray]:
+    """1-pixel stroke masks (before width dilation) for one region, in the region's crop coordinates."""
+    thr = max(1.0, erosion * d_max)
+    core = dist >= thr
+    core_lab, n_core = ndimage.label(core, structure=_EIGHT)
+    areas = np.bincount(core_lab.ravel(), minlength=n_core + 1)[1:].astype(np.float64)
+    graph, rows, cols = _ridge_graph(dist, core, d_max)
+    comp_of = core_lab[rows, cols]
+    strokes = []
+    for s in range(n_strokes):
+        comp = int(np.argmax(areas)) + 1 if s == 0 else int(rng.choice(n_core, p=areas / areas.sum())) + 1
+        members = np.flatnonzero(comp_of == comp)
+        wts = dist[rows[members], cols[members]]
+        start = int(members[rng.choice(members.size, p=wts / wts.sum())])
+        u_drop = rng.random()
+        if s == 0:
+            a, _, _ = _farthest(graph, start)
+            b, _, pred = _farthest(graph, a)
+            nodes = _path(pred, b)
+        else:
+            b, _, pred = _farthest(graph, start)
+            nodes = _path(pred, b)
+        pts = np.stack([rows[nodes], cols[nodes]], axis=1)
+        ctrl = _wobble(pts, rng, wobble * thr, step)
+        if u_drop < drop:
+            continue
+        ctrl = _keep_middle(ctrl, shrink)
+        strokes.append(_polyline(ctrl, region.shape))
+    return strokes
+
+
+def image_seed(seed: int, image_id: str) -> np.random.Generator:
+    """Per-image generator from (seed, id): independent of list order and of which other images are processed."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(image_id.encode("utf-8"))]))
+
+
+def simulate_folder(root: str | os.PathLike, list_file: str | os.PathLike, label_dir: str | os.PathLike,
+                    out_dir: str | os.PathLike, *, seed: int = 0, label_ext: str = ".png", overwrite: bool = True,
+                    **kwargs) -> tuple[int, int, list[str]]:
+    """Simulate scribbles for every id of ``list_file`` from ``<label_dir>/<id>.png`` into ``<out_dir>/<id>.png``.
+
+    Paths are relative to ``root`` unless absolute. ``kwargs`` go to :func:`simulate_scribbles`. Each image uses
+    :func:`image_seed` (seed, id), so results do not depend on list order. Outputs are palette PNGs written
+    atomically; with ``overwrite=False`` existing outputs are kept (resume).
+
+    Returns:
+        (number written, number skipped because unreadable, problems).
+    """
+    root = Path(root)
+
+    def rel(p) -> Path:
+        return Path(p) if Path(p).is_absolute() else root / p
+
+    ids = read_list_file(rel(list_file))
+    label_dir, out_dir = rel(label_dir), rel(out_dir)
+    palette = voc_palette()
+    n_ok, problems = 0, []
+    for sid in ids:
+        dst = out_dir / f"{sid}.png"
+        if not overwrite and dst.exists():
+            n_ok += 1
+            continue
+        try:
+            label = read_label(label_dir / f"{sid}{label_ext}")
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        scrib = simulate_scribbles(label, rng=image_seed(seed, sid), **kwargs)
+        save_label_png(dst, scrib, palette)
+        n_ok += 1
+    return n_ok, len(problems), problems

@@ -1,0 +1,193 @@
+"""ResNet-18/34/50/101 and the deep-stem ResNet-101 ("resnet101s") with torchvision's module names.
+
+Attribute names are exactly torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4``; blocks ``conv1..3``,
+``bn1..3``, ``downsample.0/1``), so a torchvision or timm ``resnet*.pth`` loads strictly once
+:func:`remap_resnet_checkpoint` has dropped ``fc.*`` — keep them when editing this file. The stride sits on the
+3×3 convolution (ResNet v1.5, torchvision and IRN). The deep stem of ``resnet101s`` is PyTorch-Encoding's
+(``conv1.0/1/3/4/6``: 3×3/2 3→64, 64→64, 64→128), used by BLPSeg (spec §2.3).
+
+Maps: layer1..layer4 at strides 4, 8, 16, 32 (dilated past ``output_stride``); channels 64/128/256/512 for
+BasicBlock nets, 256/512/1024/2048 for Bottleneck nets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from weakseg.models.backbones.base import Backbone, FeatureInfo, StridePlan
+from weakseg.models.layers import kaiming_init
+from weakseg.models.norm import make_norm
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+def remap_resnet_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Torchvision / timm / PyTorch-Encoding ResNet checkpoint → this module's keys.
+
+    The three share the layout; this strips DataParallel/DDP ``module.`` prefixes and drops the ``fc.*``
+    classifier. Everything else must then match exactly (the loader is strict).
+    """
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        if key.startswith("fc."):
+            continue
+        out[key] = value
+    return out
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with a residual (ResNet-18/34).
+
+    Args:
+        in_channels: input channels.
+        planes: width; output channels = planes.
+        stride: stride of the first convolution.
+        downsample: projection of the identity when shape changes, or None.
+        first_dilation: dilation of the first convolution.
+        dilation: dilation of the second convolution.
+        norm: norm name.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 first_dilation: int = 1, dilation: int = 1, norm: str = "bn"):
+        super().__init__()
+        self.conv1 = _conv3x3(in_channels, planes, stride, first_dilation)
+        self.bn1 = make_norm(norm, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes, 1, dilation)
+        self.bn2 = make_norm(norm, planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1×1 → 3×3 (strided, dilated) → 1×1 bottleneck with a residual (ResNet-50/101).
+
+    Args:
+        in_channels: input channels.
+        planes: bottleneck width; output channels = 4·planes.
+        stride: stride of the 3×3 convolution.
+        downsample: projection of the identity when shape changes, or None.
+        first_dilation: dilation of the 3×3 convolution (a Bottleneck has only one).
+        dilation: unused by this block type (kept so both block types share one signature).
+        norm: norm name.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 first_dilation: int = 1, dilation: int = 1, norm: str = "bn"):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = _conv3x3(planes, planes, stride, first_dilation)
+        self.bn2 = make_norm(norm, planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = make_norm(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(Backbone):
+    """ResNet feature extractor returning the outputs of layer1..layer4.
+
+    Args:
+        block: BasicBlock or Bottleneck.
+        layers: number of blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        output_stride: 8, 16 or 32.
+        norm: norm name (bn, syncbn, frozen_bn, fixed_bn, gn).
+        deep_stem: PyTorch-Encoding's three-conv stem (128 channels out) instead of the 7×7 convolution.
+        dilated: dilate the stages that give up their stride (False: IRN-style stride 1 without dilation).
+    """
+
+    remap_checkpoint = staticmethod(remap_resnet_checkpoint)
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], *,
+                 output_stride: int = 32, norm: str = "bn", deep_stem: bool = False, dilated: bool = True):
+        super().__init__()
+        plan = StridePlan(output_stride, dilated)
+        if deep_stem:
+            self.conv1 = nn.Sequential(
+                _conv3x3(3, 64, stride=2), make_norm(norm, 64), nn.ReLU(inplace=True),
+                _conv3x3(64, 64), make_norm(norm, 64), nn.ReLU(inplace=True),
+                _conv3x3(64, 128),
+            )
+            in_channels = 128
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            in_channels = 64
+        plan.step(2)
+        self.bn1 = make_norm(norm, in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        plan.step(2)
+        self.stage_modules = [["conv1", "bn1"]]
+        for index, (planes, num_blocks, nominal_stride) in enumerate(zip((64, 128, 256, 512), layers, (1, 2, 2, 2))):
+            stride, first_dilation, dilation = plan.step(nominal_stride)
+            out_channels = planes * block.expansion
+            downsample = None
+            if stride != 1 or in_channels != out_channels:
+                downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                           make_norm(norm, out_channels))
+            blocks = [block(in_channels, planes, stride, downsample, first_dilation, dilation, norm)]
+            blocks += [block(out_channels, planes, 1, None, dilation, dilation, norm) for _ in range(num_blocks - 1)]
+            name = f"layer{index + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.stage_modules.append([name])
+            self.feature_info.append(FeatureInfo(out_channels, plan.reduction, name))
+            in_channels = out_channels
+        kaiming_init(self)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """N×3×H×W images → [layer1, layer2, layer3, layer4] maps, see ``feature_info`` for channels/strides."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+def resnet18(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+    """ResNet-18 (BasicBlock, 2-2-2-2); arguments as in :class:`ResNet`."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), output_stride=output_stride, norm=norm, dilated=dilated)
+
+
+def resnet34(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+    """ResNet-34 (BasicBlock, 3-4-6-3); arguments as in :class:`ResNet`."""
+    return ResNet(BasicBlock, (3, 4, 6, 3), output_stride=output_stride, norm=norm, dilated=dilated)
+
+
+def resnet50(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+    """ResNet-50 (Bottleneck, 3-4-6-3); arguments as in :class:`ResNet`."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), output_stride=output_stride, norm=norm, dilated=dilated)
+
+
+def resnet101(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+    """ResNet-101 (Bottleneck, 3-4-23-3); arguments as in :class:`ResNet`."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), output_stride=output_stride, norm=norm, dilated=dilated)
+
+
+def resnet101s(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+    """ResNet-101 with PyTorch-Encoding's deep stem (BLPSeg's backbone, spec §2.3); arguments as in :class:`ResNet`."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), output_stride=output_stride, norm=norm, deep_stem=True, dilated=dilated)

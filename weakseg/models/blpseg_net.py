@@ -1,0 +1,86 @@
+"""The BLPSeg network (spec §2.3): backbone → PPM + UPerNet decoder D (stride 4) with two heads, plus the shallow
+patch-embedding branch that feeds LAM. LAM itself is a module applied by the method (``weakseg.methods.blpseg``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weakseg.models.backbones import build_backbone
+from weakseg.models.heads.uper import UPerDecoder
+from weakseg.models.segmentor import split_norm_bias
+
+
+def _mlp_head(channels: int, out_channels: int) -> nn.Sequential:
+    """1×1 conv → ReLU → 1×1 conv → ReLU → 1×1 conv classifier (no normalisation; spec §2.3)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 1, bias=False), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 1, bias=False), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, out_channels, 1),
+    )
+
+
+class PatchEmbed(nn.Module):
+    """Swin-style shallow embedding: zero-pad to a multiple of 4, 4×4/4 conv, LayerNorm over channels, 1×1 conv.
+    Input N×3×H×W → N×D×⌈H/4⌉×⌈W/4⌉."""
+
+    def __init__(self, channels: int = 256, patch: int = 4):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(3, channels, patch, stride=patch)
+        self.norm = nn.LayerNorm(channels)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, (-w) % self.patch, 0, (-h) % self.patch))
+        x = self.proj(x)
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out(x)
+
+
+class BLPSegNet(nn.Module):
+    """Outputs (dict with fixed keys, all at stride 4, h = ⌈H/4⌉):
+
+    * ``seg``: N×C×h×w segmentation logits before LAM;
+    * ``annotation``: N×(C+1)×h×w annotation-probability logits (last channel = "not annotated"), computed from
+      the *detached* decoder feature so its loss trains only this head;
+    * ``embed``: N×D×h×w shallow features for LAM.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, *, pretrained: str | None = None, output_stride: int = 32,
+                 norm: str = "bn", channels: int = 256, pool_scales=(1, 2, 3, 6), dropout: float = 0.1):
+        super().__init__()
+        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride, norm=norm)
+        self.decoder = UPerDecoder(self.backbone.feature_info, channels=channels, pool_scales=pool_scales, norm=norm,
+                                   dropout=dropout)
+        d = self.decoder.out_channels
+        self.seg_head = _mlp_head(d, num_classes)
+        self.annotation_head = _mlp_head(d, num_classes + 1)
+        self.embed = PatchEmbed(channels)
+        for m in [self.seg_head, self.annotation_head, self.embed]:
+            for mod in m.modules():
+                if isinstance(mod, nn.Conv2d):
+                    nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+                    if mod.bias is not None:
+                        nn.init.zeros_(mod.bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = self.decoder(self.backbone(x))
+        return {
+            "seg": self.seg_head(d),
+            "annotation": self.annotation_head(d.detach()),
+            "embed": self.embed(x),
+        }
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        bb_norm, bb_rest = split_norm_bias(self.backbone, include_bias=False)
+        heads = [self.decoder, self.seg_head, self.annotation_head, self.embed]
+        h_norm, h_rest = [], []
+        for m in heads:
+            a, b = split_norm_bias(m, include_bias=True)
+            h_norm += a
+            h_rest += b
+        return {"backbone": bb_rest, "backbone_norm": bb_norm, "head": h_rest, "head_norm_bias": h_norm}
