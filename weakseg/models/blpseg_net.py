@@ -10,7 +10,7 @@ from torch import nn
 
 from weakseg.models.backbones import build_backbone
 from weakseg.models.heads.uper import UPerDecoder
-from weakseg.models.segmentor import split_norm_bias
+from weakseg.models.segmentor import HEAD_NORM, split_norm_and_bias
 
 
 def _mlp_head(channels: int, out_channels: int) -> nn.Sequential:
@@ -54,8 +54,8 @@ class BLPSegNet(nn.Module):
                  norm: str = "bn", channels: int = 256, pool_scales=(1, 2, 3, 6), dropout: float = 0.1):
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride, norm=norm)
-        self.decoder = UPerDecoder(self.backbone.feature_info, channels=channels, pool_scales=pool_scales, norm=norm,
-                                   dropout=dropout)
+        self.decoder = UPerDecoder(self.backbone.feature_info, channels=channels, pool_scales=pool_scales,
+                                   norm=HEAD_NORM[norm], dropout=dropout)
         d = self.decoder.out_channels
         self.seg_head = _mlp_head(d, num_classes)
         self.annotation_head = _mlp_head(d, num_classes + 1)
@@ -76,11 +76,11 @@ class BLPSegNet(nn.Module):
         }
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        bb_norm, bb_rest = split_norm_bias(self.backbone, include_bias=False)
-        heads = [self.decoder, self.seg_head, self.annotation_head, self.embed]
-        h_norm, h_rest = [], []
-        for m in heads:
-            a, b = split_norm_bias(m, include_bias=True)
-            h_norm += a
-            h_rest += b
-        return {"backbone": bb_rest, "backbone_norm": bb_norm, "head": h_rest, "head_norm_bias": h_norm}
+        """The Segmentor's four groups; decoder, both heads and the embedding branch form the "head"."""
+        backbone, backbone_norm = split_norm_and_bias(self.backbone)
+        head, head_norm_bias = [], []
+        for m in (self.decoder, self.seg_head, self.annotation_head, self.embed):
+            weights, norm_bias = split_norm_and_bias(m)
+            head += weights
+            head_norm_bias += norm_bias
+        return {"backbone": backbone, "backbone_norm": backbone_norm, "head": head, "head_norm_bias": head_norm_bias}

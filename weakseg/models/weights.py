@@ -132,6 +132,18 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor
         raise CheckpointMismatchError("\n".join(lines))
 
 
+def check_pretrained(name: str, pretrained: str | Path | None) -> None:
+    """Fail fast, before a model is built, on ``"imagenet"`` for a backbone without bundled weights.
+
+    Raises:
+        ValueError: the message asks for a checkpoint path instead.
+    """
+    if pretrained == "imagenet" and name not in BUNDLED:
+        raise ValueError(f"ImageNet weights for {name} are not bundled with weakseg or any installed package "
+                         f"(no download site is reachable). Pass pretrained=<path> to a checkpoint file in "
+                         f"torchvision or timm layout (e.g. resnet50-0676ba61.pth); its fc.* keys are dropped.")
+
+
 def load_pretrained(backbone: nn.Module, name: str, pretrained: str | Path | None) -> None:
     """Load pretrained weights into ``backbone`` (see the module docstring for the three forms of ``pretrained``).
 
@@ -147,11 +159,8 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: str | Path | Non
     """
     if pretrained is None:
         return
+    check_pretrained(name, pretrained)
     if pretrained == "imagenet":
-        if name not in BUNDLED:
-            raise ValueError(f"ImageNet weights for {name} are not bundled with weakseg or any installed package "
-                             f"(no download site is reachable). Pass pretrained=<path> to a checkpoint file in "
-                             f"torchvision or timm layout (e.g. resnet50-0676ba61.pth); its fc.* keys are dropped.")
         path = bundled_weights_path(name)
     else:
         path = Path(pretrained)

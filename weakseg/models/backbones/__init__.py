@@ -14,7 +14,7 @@ from weakseg.models.backbones.efficientnet_lite import EfficientNetLite0
 from weakseg.models.backbones.mobilenetv2 import MobileNetV2
 from weakseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet101s
 from weakseg.models.norm import NORM_NAMES
-from weakseg.models.weights import load_pretrained
+from weakseg.models.weights import check_pretrained, load_pretrained
 
 # name → constructor(*, output_stride, norm, dilated)
 BACKBONES: dict[str, Callable[..., Backbone]] = {
@@ -63,6 +63,7 @@ def build_backbone(name: str, *, pretrained: str | Path | None = None, output_st
     check_output_stride(output_stride)
     if norm not in NORM_NAMES:
         raise unknown_name_error("norm", norm, list(NORM_NAMES))
+    check_pretrained(name, pretrained)
     backbone = BACKBONES[name](output_stride=output_stride, norm=norm, dilated=dilated)
     load_pretrained(backbone, name, pretrained)
     backbone.freeze_stages(frozen_stages)
