@@ -137,18 +137,30 @@ def parse_scribble_xml(path: str | os.PathLike, image_path: str | os.PathLike | 
     return height, width, strokes
 
 
+def polyline_pixels(pts: np.ndarray) -> np.ndarray:
+    """Pixels of a polyline through N×2 (row, col) points (coordinates ≥ 0), BLPSeg DDA per segment.
+
+    For each consecutive pair (r1, c1) → (r2, c2) with m = max(|r2 − r1|, |c2 − c1|) > 1 the pixels
+    (trunc(r1 + i·(r2 − r1)/m), trunc(c1 + i·(c2 − c1)/m)), i = 0..m−1, are marked; every point itself is marked.
+    Returns an M×2 int64 array (unordered, may repeat pixels). All segments are computed at once.
+    """
+    pts = np.asarray(pts, dtype=np.int64).reshape(-1, 2)
+    if len(pts) < 2:
+        return pts.copy()
+    p1, d = pts[:-1], np.diff(pts, axis=0)
+    m = np.abs(d).max(axis=1)
+    reps = np.where(m > 1, m, 0)
+    seg = np.repeat(np.arange(len(m)), reps)
+    i = np.arange(int(reps.sum()), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps)
+    # (i·Δ)/m evaluated like the reference (integer product, then one division), then truncated toward zero
+    rr = np.trunc(p1[seg, 0] + (i * d[seg, 0]) / m[seg]).astype(np.int64)
+    cc = np.trunc(p1[seg, 1] + (i * d[seg, 1]) / m[seg]).astype(np.int64)
+    return np.concatenate([pts, np.stack([rr, cc], axis=1)], axis=0)
+
+
 def line_pixels(r1: int, c1: int, r2: int, c2: int) -> np.ndarray:
     """BLPSeg DDA line from (r1, c1) to (r2, c2): M×2 int64 (row, col), endpoints included (coordinates ≥ 0)."""
-    dr, dc = r2 - r1, c2 - c1
-    m = max(abs(dr), abs(dc))
-    pts = [np.array([[r1, c1], [r2, c2]], dtype=np.int64)]
-    if m > 1:
-        i = np.arange(m, dtype=np.int64)
-        # (i·Δ)/m evaluated like the reference (integer product, then one division), then truncated toward zero
-        rr = np.trunc(r1 + (i * dr) / m).astype(np.int64)
-        cc = np.trunc(c1 + (i * dc) / m).astype(np.int64)
-        pts.append(np.stack([rr, cc], axis=1))
-    return np.concatenate(pts, axis=0)
+    return polyline_pixels(np.array([[r1, c1], [r2, c2]], dtype=np.int64))
 
 
 _SQUARE3 = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)
@@ -180,8 +192,7 @@ def rasterize_strokes(strokes: list[Stroke], height: int, width: int, table: dic
         if len(pts) == 0:
             continue
         pts = np.stack([np.clip(pts[:, 0], 0, height - 1), np.clip(pts[:, 1], 0, width - 1)], axis=1)
-        segs = [pts[:1]] + [line_pixels(*pts[j], *pts[j + 1]) for j in range(len(pts) - 1)]
-        pix = np.concatenate(segs, axis=0)
+        pix = polyline_pixels(pts)
         if line_width == 3:
             pix = (pix[:, None, :] + _SQUARE3[None]).reshape(-1, 2)
             keep = (pix[:, 0] >= 0) & (pix[:, 0] < height) & (pix[:, 1] >= 0) & (pix[:, 1] < width)

@@ -8,10 +8,12 @@ This is weakseg's own generator, not the (unpublished) URSS procedure (spec §1.
 2. *Erosion*: the core is the set of region pixels with depth ≥ max(1, erosion·d_max). Thin parts (legs, tails,
    spikes) and corners are shallower than that and fall outside the core, so strokes rarely reach them.
 3. The first stroke follows the longest ridge path of the largest core component: a shortest path, in a metric that
-   makes shallow pixels expensive (edge cost = step length · d_max / mean depth of its two pixels), between two
-   mutually far core pixels (a random pixel → the farthest pixel a → the farthest pixel b from a). Further strokes
-   start at a depth-weighted random core pixel (of a core component picked with probability ∝ its area) and run to
-   the pixel farthest from it.
+   makes shallow pixels expensive (edge cost = step length · d_max / depth, averaged over both ends), between two
+   mutually far core pixels (a random pixel → the Euclidean-farthest pixel a → the path-farthest pixel b from a;
+   cores of more than 500 pixels are searched on a grid sub-sampled by an integer factor). Further strokes
+   start at a depth-weighted random core pixel (of a core component picked with probability ∝ its area) away from
+   earlier strokes and run to the pixel farthest from it, with path costs ×10 within the erosion depth of earlier
+   strokes, so that they cover other parts of the region.
 4. The path is resampled to control points every ``step`` pixels, the control points get a small smooth random
    offset (≤ ``wobble``·erosion depth, hand tremor), and a polyline through them is drawn ``width`` pixels wide
    (disc of diameter ``width``), clipped to the region, so a stroke never leaves its class.
@@ -34,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from weakseg.data.dataset import read_list_file
 from weakseg.data.meta import voc_palette
-from weakseg.data.scribble_xml import line_pixels
+from weakseg.data.scribble_xml import polyline_pixels
 from weakseg.utils.io import DataError, read_label, save_label_png
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -54,29 +55,36 @@ def _disc(width: int) -> np.ndarray:
 
 
 def _ridge_graph(dist: np.ndarray, core: np.ndarray, d_max: float):
-    """Sparse symmetric graph over core pixels with ridge-favouring edge costs; returns (graph, rows, cols)."""
+    """Graph over core pixels, 8-neighbour edges costing step · d_max / depth (mean over both ends).
+
+    Returns (CSR graph with both edge directions, rows, cols) with node i at pixel (rows[i], cols[i]).
+    """
     rows, cols = np.nonzero(core)
-    idx = np.full(core.shape, -1, dtype=np.int64)
-    idx[rows, cols] = np.arange(rows.size)
+    n = rows.size
+    idx = np.full(core.shape, -1, dtype=np.int32)
+    idx[rows, cols] = np.arange(n, dtype=np.int32)
+    inv = d_max / np.maximum(dist, 1e-3)
     h, w = core.shape
     src, dst, wts = [], [], []
     for dr, dc, step in _NEIGH:
-        r2, c2 = rows + dr, cols + dc
-        ok = (r2 >= 0) & (r2 < h) & (c2 >= 0) & (c2 < w)
-        r1, c1, r2, c2 = rows[ok], cols[ok], r2[ok], c2[ok]
-        ok2 = core[r2, c2]
-        r1, c1, r2, c2 = r1[ok2], c1[ok2], r2[ok2], c2[ok2]
-        depth = 0.5 * (dist[r1, c1] + dist[r2, c2])
-        src.append(idx[r1, c1])
-        dst.append(idx[r2, c2])
-        wts.append(step * d_max / np.maximum(depth, 1e-3))
-    n = rows.size
-    graph = coo_matrix((np.concatenate(wts), (np.concatenate(src), np.concatenate(dst))), shape=(n, n)).tocsr()
-    return graph, rows, cols
+        # pixel pairs (r, c) → (r + dr, c + dc) as two aligned slices of the grid
+        a = (slice(0, h - dr), slice(max(0, -dc), w - max(0, dc)))
+        b = (slice(dr, h), slice(max(0, dc), w - max(0, -dc)))
+        both = core[a] & core[b]
+        ia, ib = idx[a][both], idx[b][both]
+        cost = step * 0.5 * (inv[a][both] + inv[b][both])
+        src += [ia, ib]
+        dst += [ib, ia]
+        wts += [cost, cost]
+    src_a, dst_a, wts_a = np.concatenate(src), np.concatenate(dst), np.concatenate(wts)
+    order = np.argsort(src_a, kind="stable")
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src_a, minlength=n), out=indptr[1:])
+    return csr_matrix((wts_a[order], dst_a[order], indptr), shape=(n, n)), rows, cols
 
 
 def _farthest(graph, source: int) -> tuple[int, np.ndarray, np.ndarray]:
-    d, pred = dijkstra(graph, directed=False, indices=source, return_predecessors=True)
+    d, pred = dijkstra(graph, directed=True, indices=source, return_predecessors=True)
     d = np.where(np.isfinite(d), d, -1.0)
     return int(np.argmax(d)), d, pred
 
@@ -112,24 +120,22 @@ def _wobble(pts: np.ndarray, rng: np.random.Generator, amplitude: float, step: i
     phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.5)
     if n < 3 or amplitude <= 0:
         return np.round(ctrl).astype(np.int64)
-    tang = np.gradient(ctrl, axis=0)
+    tang = np.empty_like(ctrl)
+    tang[1:-1] = ctrl[2:] - ctrl[:-2]
+    tang[0], tang[-1] = ctrl[1] - ctrl[0], ctrl[-1] - ctrl[-2]
     norm = np.stack([-tang[:, 1], tang[:, 0]], axis=1)
-    norm /= np.maximum(np.linalg.norm(norm, axis=1, keepdims=True), 1e-9)
-    t = np.linspace(0, 1, n)
+    norm /= np.maximum(np.sqrt((norm * norm).sum(1, keepdims=True)), 1e-9)
+    t = np.arange(n) / (n - 1)
     off = amplitude * np.sin(2 * np.pi * freq * t + phase) * np.sin(np.pi * t)  # zero at both ends
     return np.round(ctrl + off[:, None] * norm).astype(np.int64)
 
 
 def _polyline(ctrl: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    canvas = np.zeros(shape, dtype=bool)
-    if len(ctrl) == 1:
-        canvas[ctrl[0, 0], ctrl[0, 1]] = True
-        return canvas
-    pix = np.concatenate([line_pixels(*ctrl[j], *ctrl[j + 1]) for j in range(len(ctrl) - 1)], axis=0)
-    pix[:, 0] = np.clip(pix[:, 0], 0, shape[0] - 1)
-    pix[:, 1] = np.clip(pix[:, 1], 0, shape[1] - 1)
-    canvas[pix[:, 0], pix[:, 1]] = True
-    return canvas
+    """M×2 pixels of the polyline through the control points, clipped to ``shape``."""
+    pix = polyline_pixels(ctrl)
+    np.clip(pix[:, 0], 0, shape[0] - 1, out=pix[:, 0])
+    np.clip(pix[:, 1], 0, shape[1] - 1, out=pix[:, 1])
+    return pix
 
 
 def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = None, seed: int | None = None,
@@ -167,64 +173,75 @@ def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = N
     if rng is None:
         rng = np.random.default_rng(0 if seed is None else seed)
     out = np.full(label.shape, ignore_index, dtype=np.uint8)
-    disc = _disc(width)
+    disc = np.argwhere(_disc(width)) - (width - 1) // 2 if width > 1 else np.zeros((1, 2), np.int64)
     classes = [int(c) for c in np.unique(label) if c != ignore_index and (background or c != 0)]
     for cls in classes:
-        comps, n_comp = ndimage.label(label == cls, structure=_EIGHT)
-        if n_comp == 0:
-            continue
-        slices = ndimage.find_objects(comps)
-        for k, sl in enumerate(slices, 1):
-            # crop with a 1-pixel margin so the EDT sees the image border as boundary
-            r0, r1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, label.shape[0])
-            c0, c1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, label.shape[1])
-            region = comps[r0:r1, c0:c1] == k
+        # pad by one pixel so that every region crop has a margin and the EDT sees the image border as boundary
+        comps, n_comp = ndimage.label(np.pad(label == cls, 1), structure=_EIGHT)
+        for k, sl in enumerate(ndimage.find_objects(comps), 1):
+            r0, c0 = sl[0].start - 1, sl[1].start - 1
+            region = comps[r0:sl[0].stop + 1, c0:sl[1].stop + 1] == k
             area = int(region.sum())
             if area < min_dot_area:
                 continue
-            dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+            dist = ndimage.distance_transform_edt(region)
             d_max = float(dist.max())
             if area < min_region_area:
                 strokes = []
                 if rng.random() >= drop:
-                    dot = np.zeros_like(region)
-                    dot[np.unravel_index(int(np.argmax(dist)), dist.shape)] = True
-                    strokes.append(dot)
+                    strokes.append(np.argwhere(dist == d_max)[:1])
             else:
                 strokes = _region_strokes(region, dist, d_max, rng, strokes_per_region, erosion, shrink, drop,
                                           wobble, step)
-            for line in strokes:
-                mask = ndimage.binary_dilation(line, structure=disc) if width > 1 else line
-                mask &= region
-                out[r0:r1, c0:c1][mask] = cls
+            for pix in strokes:
+                pix = (pix[:, None, :] + disc[None]).reshape(-1, 2)
+                h, w = region.shape
+                pix = pix[(pix[:, 0] >= 0) & (pix[:, 0] < h) & (pix[:, 1] >= 0) & (pix[:, 1] < w)]
+                pix = pix[region[pix[:, 0], pix[:, 1]]]          # never leave the region
+                # crop coordinates → padded image → image
+                out[pix[:, 0] + r0 - 1, pix[:, 1] + c0 - 1] = cls
     return out
+
+
+_MAX_GRAPH_NODES = 500  # larger cores are path-searched on a sub-sampled grid (every f-th row and column)
 
 
 def _region_strokes(region: np.ndarray, dist: np.ndarray, d_max: float, rng: np.random.Generator, n_strokes: int,
                     erosion: float, shrink: float, drop: float, wobble: float, step: int) -> list[np.ndarray]:
-    """1-pixel stroke masks (before width dilation) for one region, in the region's crop coordinates."""
+    """1-pixel strokes (M×2 (row, col) pixels, before width dilation) for one region, in crop coordinates."""
     thr = max(1.0, erosion * d_max)
     core = dist >= thr
-    core_lab, n_core = ndimage.label(core, structure=_EIGHT)
+    f = max(1, int(np.ceil(np.sqrt(np.count_nonzero(core) / _MAX_GRAPH_NODES))))
+    while f > 1 and not core[::f, ::f].any():
+        f -= 1
+    core_s, dist_s = core[::f, ::f], dist[::f, ::f]
+    core_lab, n_core = ndimage.label(core_s, structure=_EIGHT)
     areas = np.bincount(core_lab.ravel(), minlength=n_core + 1)[1:].astype(np.float64)
-    graph, rows, cols = _ridge_graph(dist, core, d_max)
+    graph, rows, cols = _ridge_graph(dist_s, core_s, d_max)
     comp_of = core_lab[rows, cols]
+    taken = np.zeros(core_s.shape, dtype=bool)   # pixels of earlier strokes (sub-sampled grid)
     strokes = []
     for s in range(n_strokes):
         comp = int(np.argmax(areas)) + 1 if s == 0 else int(rng.choice(n_core, p=areas / areas.sum())) + 1
         members = np.flatnonzero(comp_of == comp)
-        wts = dist[rows[members], cols[members]]
+        wts = dist_s[rows[members], cols[members]]
+        if s > 0:
+            # later strokes keep away from earlier ones: paths near them cost 10×, starts there are avoided
+            near = ndimage.distance_transform_edt(~taken) <= max(1.0, thr / f)
+            graph, _, _ = _ridge_graph(dist_s / (1.0 + 9.0 * near), core_s, d_max)
+            free = wts * ~near[rows[members], cols[members]]
+            wts = free if free.sum() > 0 else wts
         start = int(members[rng.choice(members.size, p=wts / wts.sum())])
         u_drop = rng.random()
         if s == 0:
-            a, _, _ = _farthest(graph, start)
-            b, _, pred = _farthest(graph, a)
-            nodes = _path(pred, b)
-        else:
-            b, _, pred = _farthest(graph, start)
-            nodes = _path(pred, b)
-        pts = np.stack([rows[nodes], cols[nodes]], axis=1)
-        ctrl = _wobble(pts, rng, wobble * thr, step)
+            # one end of the longest path: the member farthest (Euclidean) from the start, then the far end of it
+            far = np.hypot(rows[members] - rows[start], cols[members] - cols[start])
+            start = int(members[int(np.argmax(far))])
+        end, _, pred = _farthest(graph, start)
+        nodes = _path(pred, end)
+        taken[rows[nodes], cols[nodes]] = True
+        pts = np.stack([rows[nodes], cols[nodes]], axis=1) * f
+        ctrl = _wobble(pts, rng, wobble * thr, max(1, step // f))
         if u_drop < drop:
             continue
         ctrl = _keep_middle(ctrl, shrink)
@@ -249,6 +266,8 @@ def simulate_folder(root: str | os.PathLike, list_file: str | os.PathLike, label
     Returns:
         (number written, number skipped because unreadable, problems).
     """
+    from weakseg.data.dataset import read_list_file  # lazy: keeps torch out of the simulator's imports
+
     root = Path(root)
 
     def rel(p) -> Path:

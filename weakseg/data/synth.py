@@ -27,6 +27,7 @@ Files (VOC layout, PNG everywhere for exact pixels): ``JPEGImages/<id>.png`` RGB
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -108,38 +109,58 @@ def _object_mask(cls: int, size: int, rng: np.random.Generator) -> np.ndarray:
     cy, cx = rng.uniform(0.15, 0.85, size=2) * size
     ang = rng.uniform(0, 2 * np.pi)
     aspect = np.sqrt(rng.uniform(0.7, 1.4))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    dx, dy = xx - cx, yy - cy
+    # evaluate the shape only inside the window that can contain it
+    reach = radius * max(aspect, 1.0 / aspect) + 2
+    r0, r1 = max(0, int(cy - reach)), min(size, int(np.ceil(cy + reach)) + 1)
+    c0, c1 = max(0, int(cx - reach)), min(size, int(np.ceil(cx + reach)) + 1)
+    yy, xx = _grid(size)
+    dx, dy = xx[r0:r1, c0:c1] - cx, yy[r0:r1, c0:c1] - cy
     ca, sa = np.cos(ang), np.sin(ang)
     u = (dx * ca + dy * sa) / (radius * aspect)
     v = (-dx * sa + dy * ca) / (radius / aspect)
-    return _shape(cls, u, v, rng)
+    mask = np.zeros((size, size), dtype=bool)
+    mask[r0:r1, c0:c1] = _shape(cls, u, v, rng)
+    return mask
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # textures
 # ---------------------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy.setflags(write=False)
+    xx.setflags(write=False)
+    return yy, xx
+
+
 def _smooth_noise(size: int, cells: int, rng: np.random.Generator) -> np.ndarray:
     low = rng.random((cells, cells)).astype(np.float32)
     return np.asarray(Image.fromarray(low, mode="F").resize((size, size), Image.BICUBIC), dtype=np.float32)
 
 
-def _texture(size: int, c1: np.ndarray, c2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """size×size×3 float32 texture mixing colours c1 and c2."""
+def _texture(size: int, c1: np.ndarray, c2: np.ndarray, rng: np.random.Generator,
+             mask: np.ndarray | None = None) -> np.ndarray:
+    """Texture mixing colours c1 and c2: size×size×3 float32, or N×3 for the pixels of ``mask`` when given."""
     kind = int(rng.integers(0, 4))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = _grid(size)
+    if mask is not None:
+        yy, xx = yy[mask], xx[mask]
     if kind == 0:    # near-flat colour with smooth variation
         t = 0.25 * _smooth_noise(size, int(rng.integers(3, 7)), rng)
     elif kind == 1:  # stripes
-        ang, freq = rng.uniform(0, np.pi), rng.uniform(4, 14)
+        ang, freq = rng.uniform(0, np.pi), rng.uniform(4, 14) / size
         t = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * freq * (xx * np.cos(ang) + yy * np.sin(ang)) + rng.uniform(0, 6)))
     elif kind == 2:  # spots / blobs
         t = (_smooth_noise(size, int(rng.integers(5, 12)), rng) > 0.55).astype(np.float32)
-    else:            # linear gradient
+    else:            # linear gradient across the image
         ang = rng.uniform(0, 2 * np.pi)
-        g = xx * np.cos(ang) + yy * np.sin(ang)
-        t = (g - g.min()) / max(float(g.max() - g.min()), 1e-6)
+        ca, sa = np.cos(ang), np.sin(ang)
+        corners = np.array([0.0, ca, sa, ca + sa]) * (size - 1)
+        t = (xx * ca + yy * sa - corners.min()) / max(float(np.ptp(corners)), 1e-6)
+    if mask is not None and kind in (0, 2):
+        t = t[mask]
     t = np.clip(t, 0.0, 1.0)[..., None]
     return (1.0 - t) * c1 + t * c2
 
@@ -155,7 +176,7 @@ def render_image(size: int, rng: np.random.Generator, max_objects: int = 3) -> t
     # background distractor blobs painted in object colours (still background)
     for _ in range(int(rng.integers(0, 3))):
         blob = _smooth_noise(size, int(rng.integers(3, 6)), rng) > rng.uniform(0.62, 0.75)
-        image[blob] = _texture(size, _colour(all_protos, rng), _colour(all_protos, rng), rng)[blob]
+        image[blob] = _texture(size, _colour(all_protos, rng), _colour(all_protos, rng), rng, blob)
     label = np.zeros((size, size), dtype=np.uint8)
     owner = np.full((size, size), -1, dtype=np.int16)
     areas: list[int] = []
@@ -178,14 +199,13 @@ def render_image(size: int, rng: np.random.Generator, max_objects: int = 3) -> t
         owner = trial
         areas.append(area)
         label[mask] = cls
-        tex = _texture(size, _colour(_CLASS_PROTOS[cls], rng), _colour(_CLASS_PROTOS[cls], rng), rng)
-        image[mask] = tex[mask]
+        image[mask] = _texture(size, _colour(_CLASS_PROTOS[cls], rng), _colour(_CLASS_PROTOS[cls], rng), rng, mask)
     if not areas:  # guarantee at least one object: a disc in the centre
         yy, xx = np.mgrid[0:size, 0:size]
         mask = np.hypot(yy - size / 2, xx - size / 2) <= size / 5
         label[mask] = 1
         image[mask] = _colour(_CLASS_PROTOS[1], rng)
-    image += rng.normal(0, 6, size=image.shape).astype(np.float32)
+    image += 6.0 * rng.standard_normal(image.shape, dtype=np.float32)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 

@@ -12,9 +12,9 @@ A key that is neither spatial (``POLICY``) nor non-spatial (``NON_SPATIAL``) rai
 is never silently left un-augmented while the image moves.
 
 Randomness: random transforms draw from a :class:`numpy.random.Generator`. :class:`Compose` passes one generator
-to all of its transforms. Pass ``rng=`` explicitly for full control, otherwise Compose derives a generator from
-``torch.initial_seed()`` (which differs per DataLoader worker and per epoch, and is fixed by ``torch.manual_seed``),
-so DataLoader workers draw different augmentations and a run is reproducible by its seed.
+to all of its transforms. Pass ``rng=`` explicitly for full control; otherwise Compose seeds a generator per sample
+from torch's global generator (seeded per DataLoader worker, and by ``torch.manual_seed``), so DataLoader workers
+draw different augmentations and a run is reproducible by its seed.
 """
 
 from __future__ import annotations
@@ -91,9 +91,10 @@ def resize_sparse(arr: np.ndarray, size: tuple[int, int], unlabeled: int = 255) 
     """Resize an H×W sparse annotation (scribbles; ``unlabeled`` = not annotated) so that no stroke vanishes.
 
     Nearest-neighbour resize, plus every labelled source pixel (r, c) is written into the destination cell that
-    contains it, (⌊r·h/H⌋, ⌊c·w/W⌋). When downscaling, a destination cell is therefore labelled whenever any source
-    pixel inside it is; where the nearest sample itself is labelled it wins (deterministic). Upscaling reduces to
-    plain nearest-neighbour (every source pixel is sampled).
+    contains its centre, (⌊(r + ½)·h/H⌋, ⌊(c + ½)·w/W⌋). When downscaling, a destination cell is therefore labelled
+    whenever any source pixel centred inside it is; where the nearest sample itself is labelled it wins
+    (deterministic). Upscaling reduces to plain nearest-neighbour (every source pixel is sampled, and its centre cell
+    samples it back).
     """
     h, w = size
     near = resize_nearest(arr, size)
@@ -101,8 +102,8 @@ def resize_sparse(arr: np.ndarray, size: tuple[int, int], unlabeled: int = 255) 
     if rr.size == 0:
         return near
     out = np.full((h, w), unlabeled, dtype=arr.dtype)
-    dr = np.minimum((rr * h) // arr.shape[0], h - 1)
-    dc = np.minimum((cc * w) // arr.shape[1], w - 1)
+    dr = np.minimum(((2 * rr + 1) * h) // (2 * arr.shape[0]), h - 1)
+    dc = np.minimum(((2 * cc + 1) * w) // (2 * arr.shape[1]), w - 1)
     out[dr, dc] = arr[rr, cc]
     labelled = near != unlabeled
     out[labelled] = near[labelled]
@@ -153,8 +154,8 @@ def _scaled(n: int, s: float) -> int:
 
 
 def default_rng() -> np.random.Generator:
-    """A generator seeded from ``torch.initial_seed()`` (distinct per DataLoader worker, fixed by manual_seed)."""
-    return np.random.default_rng(torch.initial_seed() % (2**63))
+    """A generator seeded from torch's global generator (for transforms called outside :class:`Compose`)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -166,25 +167,21 @@ class Compose:
 
     Args:
         transforms: callables ``t(sample, rng) -> sample``.
-        seed: optional extra seed mixed with ``torch.initial_seed()`` when no ``rng`` is passed to ``__call__``.
+        seed: optional extra seed mixed into the per-sample generator when no ``rng`` is passed to ``__call__``.
 
-    Without an explicit ``rng`` the generator is (re)created whenever ``torch.initial_seed()`` changes, i.e. once in
-    each DataLoader worker process and epoch, so workers never share a stream and runs repeat under a fixed seed.
+    Without an explicit ``rng`` each call draws a 62-bit seed from torch's global generator and builds a fresh numpy
+    generator from it. torch's generator is seeded per DataLoader worker (base seed + worker id) and by
+    ``torch.manual_seed`` in the main process, so workers never share augmentations and a run repeats exactly
+    under the same seed.
     """
 
     def __init__(self, transforms: Sequence[Callable], seed: int | None = None):
         self.transforms = list(transforms)
         self.seed = seed
-        self._rng: np.random.Generator | None = None
-        self._rng_key: int | None = None
 
     def _generator(self) -> np.random.Generator:
-        key = torch.initial_seed()
-        if self._rng is None or self._rng_key != key:
-            entropy = [key % (2**63)] + ([] if self.seed is None else [int(self.seed)])
-            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
-            self._rng_key = key
-        return self._rng
+        draw = int(torch.randint(0, 2**62, (1,)).item())
+        return np.random.default_rng([draw] + ([] if self.seed is None else [int(self.seed)]))
 
     def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
         rng = self._generator() if rng is None else rng

@@ -1,0 +1,165 @@
+"""``weakseg data …``: dataset preparation commands.
+
+Sub-commands (each prints a one-line summary: counts, skipped files, output path):
+
+* ``trainaug``: write ``ImageSets/Segmentation/train_aug.txt`` (every SegmentationClassAug stem not in val.txt).
+* ``scribbles``: ScribbleSup XML → scribble PNGs (``--line-width 1`` BLPSeg, ``3`` rloss/CDSP).
+* ``context``: PASCAL-Context 459-class ``.mat`` LabelMaps → 60-class PNGs (single LUT lookup).
+* ``simulate-scribbles``: simulated scribbles from dense masks (optionally shrunk / dropped).
+* ``synth``: the synthetic scribble benchmark.
+* ``image-labels``: image-level labels ``{id: [class ids]}`` from XML, dense masks or scribbles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from weakseg.utils.io import DataError
+
+
+def _print_problems(problems: list[str], limit: int = 5) -> None:
+    for p in problems[:limit]:
+        print(f"  skipped: {p}", file=sys.stderr)
+    if len(problems) > limit:
+        print(f"  ... and {len(problems) - limit} more", file=sys.stderr)
+
+
+def cmd_trainaug(args: argparse.Namespace) -> int:
+    from weakseg.data.voc_tools import build_trainaug_list
+
+    ids = build_trainaug_list(args.root, aug_dir=args.aug_dir, val_list=args.val_list, out=args.out)
+    out = Path(args.out) if Path(args.out).is_absolute() else Path(args.root) / args.out
+    print(f"train_aug: {len(ids)} ids -> {out}")
+    return 0
+
+
+def cmd_scribbles(args: argparse.Namespace) -> int:
+    from weakseg.data.scribble_xml import convert_scribble_folder
+
+    n_ok, n_skip, problems = convert_scribble_folder(args.xml, args.out, dataset=args.dataset,
+                                                     line_width=args.line_width, image_dir=args.images)
+    _print_problems(problems)
+    print(f"scribbles: {n_ok} converted, {n_skip} skipped (line width {args.line_width}, {args.dataset}) -> {args.out}")
+    return 0 if n_ok or not n_skip else 1
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    from weakseg.data.context import convert_context_folder
+
+    n_ok, n_skip, problems = convert_context_folder(args.mat_dir, args.labels, args.labels59, args.out)
+    _print_problems(problems)
+    print(f"context: {n_ok} converted, {n_skip} skipped -> {args.out}")
+    return 0 if n_ok or not n_skip else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from weakseg.data.simulate import simulate_folder
+
+    n_ok, n_skip, problems = simulate_folder(
+        args.root, args.list, args.label_dir, args.out, seed=args.seed, strokes_per_region=args.strokes_per_region,
+        width=args.width, shrink=args.shrink, drop=args.drop, erosion=args.erosion,
+        min_region_area=args.min_region_area)
+    _print_problems(problems)
+    out = Path(args.out) if Path(args.out).is_absolute() else Path(args.root) / args.out
+    print(f"simulate-scribbles: {n_ok} written, {n_skip} skipped (seed {args.seed}) -> {out}")
+    return 0 if n_ok or not n_skip else 1
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from weakseg.data.synth import generate_synth
+
+    t0 = time.perf_counter()
+    info = generate_synth(args.out, num_images=args.num, size=args.size, seed=args.seed,
+                          val_fraction=args.val_fraction)
+    print(f"synth: {info['num_train']} train + {info['num_val']} val images of {args.size}x{args.size} "
+          f"(seed {args.seed}) in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_image_labels(args: argparse.Namespace) -> int:
+    from weakseg.data.dataset import meta_from_root, read_list_file
+    from weakseg.data.voc_tools import build_image_labels
+
+    root = Path(args.root)
+    list_path = Path(args.list) if Path(args.list).is_absolute() else root / args.list
+    ids = read_list_file(list_path)
+    labels, problems = build_image_labels(root, ids, args.source, out=args.out, meta=meta_from_root(root),
+                                          xml_dir=args.xml_dir, label_dir=args.label_dir,
+                                          scribble_dir=args.scribble_dir)
+    _print_problems(problems)
+    print(f"image-labels: {len(labels)} ids from {args.source}, {len(problems)} skipped -> {args.out}")
+    return 0 if labels or not problems else 1
+
+
+def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data`` and its sub-commands to a top-level sub-parser set; each leaf sets ``func(args) -> int``."""
+    data = subparsers.add_parser("data", help="prepare datasets (lists, scribbles, Context labels, synth)",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("trainaug", help="write the VOC train_aug id list")
+    p.add_argument("--root", required=True, help="VOC2012 folder")
+    p.add_argument("--aug-dir", default="SegmentationClassAug", help="augmented labels (relative to --root)")
+    p.add_argument("--val-list", default="ImageSets/Segmentation/val.txt", help="ids to exclude")
+    p.add_argument("--out", default="ImageSets/Segmentation/train_aug.txt", help="list to write")
+    p.set_defaults(func=cmd_trainaug)
+
+    p = sub.add_parser("scribbles", help="ScribbleSup XML -> scribble PNGs")
+    p.add_argument("--xml", required=True, help="folder of <id>.xml")
+    p.add_argument("--out", required=True, help="output folder of <id>.png")
+    p.add_argument("--dataset", choices=("voc", "context"), default="voc", help="tag table")
+    p.add_argument("--line-width", type=int, choices=(1, 3), default=1, help="1 = BLPSeg, 3 = rloss/CDSP")
+    p.add_argument("--images", default=None, help="image folder for the declared-size check")
+    p.set_defaults(func=cmd_scribbles)
+
+    p = sub.add_parser("context", help="PASCAL-Context .mat (459 classes) -> 60-class PNGs")
+    p.add_argument("--mat-dir", required=True, help="folder of <id>.mat with LabelMap")
+    p.add_argument("--labels", required=True, help="labels.txt (459 classes)")
+    p.add_argument("--labels59", required=True, help="59_labels.txt")
+    p.add_argument("--out", required=True, help="output folder of <id>.png")
+    p.set_defaults(func=cmd_context)
+
+    p = sub.add_parser("simulate-scribbles", help="simulate scribbles from dense masks")
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--list", required=True, help="id list (relative to --root or absolute)")
+    p.add_argument("--label-dir", default="SegmentationClass", help="dense masks (relative to --root)")
+    p.add_argument("--out", required=True, help="output folder (relative to --root or absolute)")
+    p.add_argument("--strokes-per-region", type=int, default=1)
+    p.add_argument("--width", type=int, default=3, help="stroke width in pixels")
+    p.add_argument("--shrink", type=float, default=0.0, help="fraction of each stroke's length removed")
+    p.add_argument("--drop", type=float, default=0.0, help="probability that a stroke is removed")
+    p.add_argument("--erosion", type=float, default=0.4, help="core depth as a fraction of the region's max depth")
+    p.add_argument("--min-region-area", type=int, default=100, help="smaller regions get a dot")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("synth", help="generate the synthetic scribble benchmark")
+    p.add_argument("--out", required=True, help="output dataset root")
+    p.add_argument("--num", type=int, default=1000, help="number of images")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("image-labels", help="image-level labels {id: [class ids]} as JSON")
+    p.add_argument("--root", required=True, help="dataset root (classes.txt there sets the classes; VOC otherwise)")
+    p.add_argument("--list", required=True, help="id list (relative to --root or absolute)")
+    p.add_argument("--source", choices=("xml", "label", "scribble"), required=True)
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--xml-dir", default="Annotations")
+    p.add_argument("--label-dir", default="SegmentationClass")
+    p.add_argument("--scribble-dir", default="Scribbles")
+    p.set_defaults(func=cmd_image_labels)
+
+
+def run_data_command(args: argparse.Namespace) -> int:
+    """Dispatch a parsed ``data`` command, turning DataError into a one-line message and exit code 2."""
+    try:
+        return int(args.func(args))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
