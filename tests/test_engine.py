@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "model.backbone=mobilenet_v2", "model.pretrained=null", "model.head=deeplabv3plus",
     "model.head_kwargs={aspp_channels: 16}", "data.crop_size=48", "engine.batch_size=4", "data.num_workers=0",
-    "engine.log_interval=2", "engine.tensorboard=false", "eval.save_overlays=2",
+    "engine.log_interval=2", "engine.tensorboard=false", "eval.save_overlays=2", "schedule.warmup_iters=0",
 ]
 
 

@@ -59,7 +59,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     for label, preset in DEMO_RUNS:
         overrides = [f"data.root={synth}", f"engine.work_dir={out / Path(preset).stem}"]
         if quick:
-            overrides += ["schedule.iters=20", "engine.ckpt_interval=10", "engine.log_interval=5"]
+            overrides += ["schedule.iters=20", "schedule.warmup_iters=0", "engine.ckpt_interval=10",
+                          "engine.log_interval=5"]
         cfg = load_config(configs_dir() / preset, overrides)
         t0 = time.time()
         result = train(cfg, resume=True)

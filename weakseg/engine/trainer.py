@@ -333,7 +333,8 @@ class Trainer:
 
             for k, v in out.items():
                 if isinstance(v, torch.Tensor) and v.numel() == 1:
-                    running[k] = running.get(k, 0.0) * 0.9 + float(v.detach()) * 0.1 if k in running else float(v)
+                    value = float(v.detach())
+                    running[k] = 0.9 * running[k] + 0.1 * value if k in running else value
             done = it + 1
             if bar is not None:
                 bar.update(1)

@@ -40,7 +40,7 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 def _proposal(cams: torch.Tensor, threshold: float, image: np.ndarray, crf: CrfFn | None) -> torch.Tensor:
     """Channel index (0 = background, k + 1 = CAM channel k) of argmax([threshold, CAMs]), CRF-refined."""
     idx = F.pad(cams, (0, 0, 0, 0, 1, 0), value=threshold).argmax(0)
-    if crf is not None:
+    if crf is not None and cams.shape[0] > 0:  # no classes: everything is background, nothing to refine
         refined = crf(image, idx.numpy(), cams.shape[0] + 1)
         idx = torch.as_tensor(np.asarray(refined), dtype=torch.int64)
         if idx.shape != cams.shape[1:]:
@@ -128,8 +128,8 @@ def make_boundary_labels(
         ``(conf, codes)``: H×W uint8 confidence map (class ids, 0 = background, 255 = uncertain; ``cam_vis``)
         and H×W uint8 boundary-label codes.
     """
-    cams = torch.as_tensor(cam_highres, dtype=torch.float32)
-    keys = torch.as_tensor(keys, dtype=torch.int64)
+    cams = torch.as_tensor(cam_highres, dtype=torch.float32).cpu()  # full-resolution label work runs on the CPU
+    keys = torch.as_tensor(keys, dtype=torch.int64).cpu()
     if cams.ndim != 3 or keys.ndim != 1 or keys.numel() != cams.shape[0]:
         raise ValueError(f"expected cam_highres K×H×W and K keys, got {tuple(cams.shape)} and {tuple(keys.shape)}")
     height, width = cams.shape[1:]
@@ -153,7 +153,7 @@ def make_boundary_labels(
     codes = torch.full((height, width), IGNORE, dtype=torch.uint8)
     sal = None
     if saliency is not None:
-        sal = torch.as_tensor(saliency, dtype=torch.float32)
+        sal = torch.as_tensor(saliency, dtype=torch.float32).cpu()
         if sal.shape != (height, width):
             raise ValueError(f"saliency must be {height}×{width}, got shape {tuple(sal.shape)}")
         sal = sal / sal.max().clamp_min(1e-12)

@@ -29,8 +29,10 @@ def multiscale_cam(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale, flip-augmented CAMs of one image (§4.2 "CAM inference").
 
-    At each scale the image is rescaled (bicubic, size round(H·s)×round(W·s)); the image and its horizontal flip
-    go through ``cam_fn`` as one batch of 2 and the flipped result is flipped back and **added**. The per-scale
+    At each scale the image is rescaled (bicubic, size round(H·s)×round(W·s), antialiased like PIL's resize; the
+    reference resizes the uint8 image before normalising, so it also rounds and clips to 0..255). The image and
+    its horizontal flip go through ``cam_fn`` as one batch of 2 and the flipped result is flipped back and
+    **added**. The per-scale
     maps are resized bilinearly to (a) the stride-``stride`` size ⌈H/stride⌉×⌈W/stride⌉ and (b)
     ⌈H/output_stride⌉·output_stride × ⌈W/output_stride⌉·output_stride, then cropped to H×W (so a CAM cell covers
     the pixels it was computed from, as in the reference), and **summed** over scales. Only the channels in
@@ -59,7 +61,9 @@ def multiscale_cam(
     lowres = highres = None
     for s in scales:
         size = (round(height * s), round(width * s))
-        x = image if size == (height, width) else F.interpolate(image, size=size, mode="bicubic", align_corners=False)
+        x = image
+        if size != (height, width):
+            x = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
         if flip:
             x = torch.cat([x, x.flip(-1)])
         out = cam_fn(x)

@@ -80,14 +80,13 @@ def boundary_affinity(boundary: torch.Tensor, radius: int = 5) -> tuple[list[Off
     # Out-of-image cells count as boundary 1, so any pair leaving the image gets affinity 0 (paths lie inside
     # the bounding box of the pair, so in-image pairs never touch the padding).
     padded = F.pad(boundary[None, None], (p, p, p, p), mode="constant", value=1.0)[0, 0]
-    aff = []
-    for off in offsets:
-        path_max = None
-        for py, px in offset_path(off):
-            cell = padded[p + py : p + py + h, p + px : p + px + w]
-            path_max = cell if path_max is None else torch.maximum(path_max, cell)
-        aff.append(1.0 - path_max)
-    return offsets, torch.stack(aff)
+    aff = boundary.new_empty(len(offsets), h, w)
+    for o, off in enumerate(offsets):
+        (py, px), *rest = offset_path(off)
+        aff[o] = padded[p + py : p + py + h, p + px : p + px + w]
+        for py, px in rest:
+            torch.maximum(aff[o], padded[p + py : p + py + h, p + px : p + px + w], out=aff[o])
+    return offsets, aff.neg_().add_(1.0)
 
 
 class SparseTransition:
@@ -100,19 +99,22 @@ class SparseTransition:
     def __init__(self, boundary: torch.Tensor, beta: float = 5.0, radius: int = 5):
         offsets, aff = boundary_affinity(boundary, radius)
         h, w = boundary.shape
-        p = radius - 1
-        fwd = aff.pow(beta)  # A(j, j+d) at j
-        # A(j−d, j) at j: shift the forward map by +d (zeros where j−d is outside the image).
-        fwd_pad = F.pad(fwd, (p, p, p, p))
-        bwd = torch.stack(
-            [fwd_pad[o, p - dy : p - dy + h, p - dx : p - dx + w] for o, (dy, dx) in enumerate(offsets)]
-        )
-        ones = torch.ones(1, h, w, dtype=aff.dtype, device=aff.device)
-        weights = torch.cat([ones, fwd, bwd])
-        self.column_sum = weights.sum(0)  # D_j = Σ_i A_ij ≥ 1 (the diagonal is 1)
-        self.weights = weights / self.column_sum
+        n = len(offsets)
+        # Filled in place (peak memory ≈ the (2·O + 1)×h×w weights plus the O×h×w affinities).
+        weights = aff.new_zeros(2 * n + 1, h, w)
+        weights[0] = 1.0  # the diagonal a_jj = 1
+        fwd = torch.pow(aff, beta, out=weights[1 : n + 1])  # A(j, j+d) at j
+        del aff
+        for o, (dy, dx) in enumerate(offsets):
+            if dy >= h or abs(dx) >= w:  # the offset leaves even a tiny map: no such pairs
+                continue
+            # A(j−d, j) at j = the forward map at j − d; zero where j − d is outside the image.
+            x0, x1 = max(dx, 0), w + min(dx, 0)
+            weights[n + 1 + o, dy:, x0:x1] = fwd[o, : h - dy, x0 - dx : x1 - dx]
+        self.column_sum = weights.sum(0)  # D_j = Σ_i A_ij ≥ 1
+        self.weights = weights.div_(self.column_sum)
         self.shifts: list[Offset] = [(0, 0)] + offsets + [(-dy, -dx) for dy, dx in offsets]
-        self.pad = p
+        self.pad = radius - 1
         self.size = (h, w)
 
     def propagate(self, v: torch.Tensor, steps: int) -> torch.Tensor:
@@ -129,7 +131,7 @@ class SparseTransition:
             for wmap, (sy, sx) in zip(self.weights, self.shifts):
                 acc.addcmul_(buf[:, p + sy : p + sy + h, p + sx : p + sx + w], wmap)
             buf[:, p : p + h, p : p + w] = acc
-        return acc.clone() if steps > 0 else v.clone()
+        return acc if steps > 0 else v.clone()
 
 
 def _check_inputs(cams: torch.Tensor, boundary: torch.Tensor) -> None:
