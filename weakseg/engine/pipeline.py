@@ -15,6 +15,8 @@ from pathlib import Path
 
 from weakseg.engine import builders
 from weakseg.engine.amp import autocast_dtype
+from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.engine.evaluator import evaluate
 from weakseg.engine.config import Config, ConfigError, config_from_dict, config_hash, dump_yaml, resolve_work_dir, to_dict
 from weakseg.engine.trainer import Trainer, setup_logging
 from weakseg.methods import METHODS
@@ -71,8 +73,18 @@ def run_pipeline(cfg: Config, from_stage: str | None = None, only: list[str] | N
     if wdist.is_main():
         write_text_atomic(work_dir / "config.yaml", dump_yaml(cfg))
     meta = builders.dataset_meta(cfg)
-    ctx = StageContext(cfg=cfg, work_dir=work_dir, meta=meta, device=device,
-                       amp_dtype=autocast_dtype(cfg.engine.amp, device))
+    amp_dtype = autocast_dtype(cfg.engine.amp, device)
+
+    def evaluate_fn(method, dataset, out_dir: Path) -> dict:
+        method.to(device)
+        return evaluate(method, dataset, cfg.eval, meta, out_dir, device, mean=cfg.data.mean, std=cfg.data.std,
+                        amp_dtype=amp_dtype, channels_last=cfg.engine.channels_last)
+
+    def load_weights(module, path: Path) -> None:
+        module.load_state_dict(load_checkpoint(path)["model"], strict=True)
+
+    ctx = StageContext(cfg=cfg, work_dir=work_dir, meta=meta, device=device, amp_dtype=amp_dtype,
+                       evaluate=evaluate_fn, load_weights=load_weights)
     h = stage_hash(cfg)
     stages = method_stages(cfg)
     chosen = select_stages(stages, from_stage, only)

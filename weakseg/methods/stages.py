@@ -27,6 +27,9 @@ class StageContext:
     meta: Any  # DatasetMeta
     device: Any  # torch.device
     amp_dtype: Any = None  # autocast dtype for inference stages (None = full precision)
+    # engine services (methods may not import the engine): filled in by weakseg.engine.pipeline
+    evaluate: Callable[..., dict] | None = None  # (method, dataset, out_dir) -> metrics, sharded, with report
+    load_weights: Callable[[Any, Path], None] | None = None  # (module, checkpoint path): strict, weights_only
 
     def dir(self, stage: str) -> Path:
         """The artefact folder of a stage."""
