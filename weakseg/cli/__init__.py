@@ -5,6 +5,7 @@
     weakseg run CONFIG [--from STAGE] [--only STAGE] [--force]
     weakseg eval  --ckpt CKPT [--set key=value ...] [--crf PRESET] [--out DIR]
     weakseg predict IMAGE_OR_DIR... --ckpt CKPT --out DIR [--crf PRESET] [--overlay] [--probs]
+    weakseg export --ckpt CKPT --onnx FILE
     weakseg demo [--out DIR]
 """
 
@@ -118,6 +119,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from weakseg.engine import builders
+    from weakseg.engine.export import check_onnx, export_onnx
+
+    _, method, _ = builders.load_trained(args.ckpt, args.set, args.config)
+    path = export_onnx(method, Path(args.onnx), sample_size=(args.height, args.width), opset=args.opset)
+    diff = check_onnx(method, path, sizes=((1, args.height, args.width), (2, args.height + 32, args.width - 32)))
+    print(f"exported {path} (opset {args.opset}, dynamic batch/height/width); max |onnx - torch| = {diff:.2e}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from weakseg.engine.demo import run_demo
 
@@ -172,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
     _add_eval_options(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained model to ONNX (dynamic image size), checked with onnxruntime")
+    p.add_argument("--ckpt", required=True, help="checkpoint")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
+    p.add_argument("--config", help="preset to use instead of the config stored in the checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--height", type=int, default=128, help="height of the tracing/check input (default 128)")
+    p.add_argument("--width", type=int, default=160, help="width of the tracing/check input (default 160)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="synthetic benchmark → train baselines and BLPSeg on CPU → report")
     p.add_argument("--out", default="work_dirs/demo", help="output folder (default work_dirs/demo)")

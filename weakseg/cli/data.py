@@ -8,6 +8,7 @@ Sub-commands (each prints a one-line summary: counts, skipped files, output path
 * ``simulate-scribbles``: simulated scribbles from dense masks (optionally shrunk / dropped).
 * ``synth``: the synthetic scribble benchmark.
 * ``image-labels``: image-level labels ``{id: [class ids]}`` from XML, dense masks or scribbles.
+* ``saliency``: U²-Net-p saliency maps (8-bit PNGs) for SBE, resumable.
 """
 
 from __future__ import annotations
@@ -95,6 +96,24 @@ def cmd_image_labels(args: argparse.Namespace) -> int:
     return 0 if labels or not problems else 1
 
 
+def cmd_saliency(args: argparse.Namespace) -> int:
+    import time
+
+    from weakseg.data.dataset import read_list_file
+    from weakseg.data.saliency import SaliencyModel, compute_saliency_folder
+
+    root = Path(args.root)
+    list_path = Path(args.list) if Path(args.list).is_absolute() else root / args.list
+    ids = read_list_file(list_path)
+    t0 = time.perf_counter()
+    model = SaliencyModel(num_threads=args.threads)
+    written = compute_saliency_folder(root, ids, args.image_dir, args.out, image_ext=args.image_ext, model=model)
+    out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
+    print(f"saliency: {written} written, {len(ids) - written} already there ({len(ids)} ids, U2-Net-p) in "
+          f"{time.perf_counter() - t0:.1f} s -> {out}")
+    return 0
+
+
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` and its sub-commands to a top-level sub-parser set; each leaf sets ``func(args) -> int``."""
     data = subparsers.add_parser("data", help="prepare datasets (lists, scribbles, Context labels, synth)",
@@ -154,6 +173,15 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-dir", default="SegmentationClass")
     p.add_argument("--scribble-dir", default="Scribbles")
     p.set_defaults(func=cmd_image_labels)
+
+    p = sub.add_parser("saliency", help="U2-Net-p saliency maps <out>/<id>.png for SBE (skips existing files)")
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--list", required=True, help="id list (relative to --root or absolute)")
+    p.add_argument("--out", required=True, help="output folder (relative to --root or absolute), e.g. Sal")
+    p.add_argument("--image-dir", default="JPEGImages", help="image folder (relative to --root)")
+    p.add_argument("--image-ext", default=".jpg", help="image suffix")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime CPU threads (default: its choice)")
+    p.set_defaults(func=cmd_saliency)
 
 
 def run_data_command(args: argparse.Namespace) -> int:

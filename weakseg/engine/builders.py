@@ -19,13 +19,6 @@ def dataset_meta(cfg: Config) -> DatasetMeta:
     return meta_from_root(root)
 
 
-def _root_path(cfg: Config, rel: str | None) -> str | None:
-    if rel is None:
-        return None
-    p = Path(rel)
-    return str(p if p.is_absolute() else Path(cfg.data.root) / p)
-
-
 def _common_kwargs(cfg: Config, meta: DatasetMeta) -> dict:
     d = cfg.data
     return dict(
@@ -34,10 +27,10 @@ def _common_kwargs(cfg: Config, meta: DatasetMeta) -> dict:
         image_ext=d.image_ext,
         label_dir=d.label_dir,
         scribble_dir=d.scribble_dir,
-        pseudo_dir=_root_path(cfg, d.pseudo_dir),
-        saliency_dir=_root_path(cfg, d.saliency_dir),
+        pseudo_dir=d.pseudo_dir,  # relative paths are resolved against data.root by the dataset
+        saliency_dir=d.saliency_dir,
         tags_source=d.tags_source,
-        tags_file=_root_path(cfg, d.tags_file),
+        tags_file=d.tags_file,
         lenient=d.lenient,
     )
 

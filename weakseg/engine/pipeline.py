@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from weakseg.engine import builders
 from weakseg.engine.amp import autocast_dtype
 from weakseg.engine.checkpoint import load_checkpoint
@@ -68,6 +70,8 @@ def run_pipeline(cfg: Config, from_stage: str | None = None, only: list[str] | N
     Returns ``{stage: info}`` with the completion info of every stage that ran or was already complete.
     """
     device = wdist.init_distributed(cfg.engine.device)
+    if cfg.engine.threads:  # per-image stages run in this process too, not only the trainer
+        torch.set_num_threads(cfg.engine.threads)
     work_dir = resolve_work_dir(cfg)
     setup_logging(work_dir, "run.log")
     if wdist.is_main():

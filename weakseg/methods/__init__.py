@@ -1,12 +1,17 @@
 """Method table: name → class. The engine reaches methods only through this plain dict."""
 
 from weakseg.methods.base import Method
+from weakseg.methods.blpseg import BLPSeg
 from weakseg.methods.full import FullSupervision
 from weakseg.methods.partial_ce import PartialCE
+from weakseg.methods.sbe import BES, SBE
 
 METHODS: dict[str, type[Method]] = {
     "full": FullSupervision,
     "partial_ce": PartialCE,
+    "blpseg": BLPSeg,
+    "bes": BES,
+    "sbe": SBE,
 }
 
 __all__ = ["METHODS", "Method"]

@@ -46,6 +46,9 @@ class BLPSeg(Method):
 
     def __init__(self, cfg: BLPSegConfig, model_cfg, num_classes: int):
         torch.nn.Module.__init__(self)
+        if model_cfg.head != "uper":
+            raise ValueError(f"BLPSeg is built on the PPM + UPerNet decoder: set model.head: uper "
+                             f"(got {model_cfg.head!r})")
         self.cfg = cfg
         self.num_classes = num_classes
         self.model = BLPSegNet(model_cfg.backbone, num_classes, pretrained=model_cfg.pretrained,

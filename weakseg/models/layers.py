@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from weakseg.models.norm import make_norm
 
@@ -58,3 +60,37 @@ def kaiming_init(module: nn.Module) -> None:
         elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` that also exports to ONNX with a *dynamic* input size.
+
+    The ONNX exporter only handles adaptive pooling when the input size is a multiple of the output size, which a
+    dynamic image size cannot promise. During export the same bins (rows ⌊iH/s⌋ .. ⌈(i+1)H/s⌉) are summed from an
+    integral image instead; in eager mode the native op is used.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return F.adaptive_avg_pool2d(x, size)
+    h, w = x.shape[-2], x.shape[-1]
+    integral = F.pad(x.float().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    i = torch.arange(size, device=x.device)
+    H, W = torch.as_tensor(h, device=x.device), torch.as_tensor(w, device=x.device)
+    h0 = torch.div(i * H, size, rounding_mode="floor")
+    h1 = torch.div((i + 1) * H + size - 1, size, rounding_mode="floor")
+    w0 = torch.div(i * W, size, rounding_mode="floor")
+    w1 = torch.div((i + 1) * W + size - 1, size, rounding_mode="floor")
+    r1, r0 = integral.index_select(-2, h1), integral.index_select(-2, h0)
+    total = r1.index_select(-1, w1) - r0.index_select(-1, w1) - r1.index_select(-1, w0) + r0.index_select(-1, w0)
+    area = ((h1 - h0)[:, None] * (w1 - w0)[None, :]).to(total.dtype)
+    return (total / area).to(x.dtype)
+
+
+class AdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for square outputs that exports to ONNX with dynamic input sizes."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return adaptive_avg_pool2d(x, self.size)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from weakseg.models.backbones.base import FeatureInfo
-from weakseg.models.layers import ConvNormAct, kaiming_init
+from weakseg.models.layers import AdaptiveAvgPool2d, ConvNormAct, kaiming_init
 
 
 class UPerDecoder(nn.Module):
@@ -57,7 +57,7 @@ class UPerDecoder(nn.Module):
         self.pool_scales = tuple(int(s) for s in pool_scales)
         top = feature_info[-1].channels
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvNormAct(top, channels, 1, norm=norm, act=None))
+            nn.Sequential(AdaptiveAvgPool2d(s), ConvNormAct(top, channels, 1, norm=norm, act=None))
             for s in self.pool_scales
         )
         self.ppm_bottleneck = nn.Sequential(

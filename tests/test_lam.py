@@ -1,0 +1,168 @@
+"""LAM (spec §2.4, check §6b.3): windowed vs the dense n×n formula, gradients, autocast, statelessness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from weakseg.modules.lam import LAM, lam_dense, lam_windowed
+
+
+def _inputs(n, c, d, h, w, scale=0.7, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seg = torch.randn(n, c, h, w, generator=g, dtype=dtype)
+    feat = torch.randn(n, d, h, w, generator=g, dtype=dtype) * scale
+    return seg, feat
+
+
+def _spec_column_softmax(seg, feat, sigma):
+    """Untruncated formula of §6b.3, written independently: softmax over a of F_a·F_b − ‖p_a − p_b‖²/(2σ²)."""
+    n, c, h, w = seg.shape
+    f = feat.flatten(2)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten().to(f.dtype), xs.flatten().to(f.dtype)
+    d2 = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2
+    logits = f.transpose(1, 2) @ f - d2 / (2 * sigma**2)  # [a, b]
+    weights = logits.softmax(dim=1)
+    return (seg.flatten(2) @ weights).view(n, c, h, w)
+
+
+@pytest.mark.parametrize(
+    "n, c, d, h, w, sigma, radius, tile",
+    [
+        (2, 3, 5, 7, 9, 1.5, 2, 4),  # several tiles, last ones padded, non-square
+        (1, 4, 6, 12, 10, 2.0, 3, 5),
+        (1, 2, 3, 6, 5, 1.0, 20, 16),  # radius larger than the grid, single tile
+        (1, 2, 4, 1, 7, 1.0, 2, 4),  # one row
+        (2, 3, 8, 13, 11, 3.0, 5, 16),  # default tile, radius < grid
+    ],
+)
+def test_windowed_matches_dense_with_same_truncation(n, c, d, h, w, sigma, radius, tile):
+    seg, feat = _inputs(n, c, d, h, w)
+    out = LAM(sigma, radius, tile=tile)(seg, feat)
+    ref = lam_dense(seg.double(), feat.double(), sigma, radius, eps=0.0)
+    assert out.shape == seg.shape and out.dtype == seg.dtype
+    assert (out.double() - ref).abs().max() < 1e-4
+    # the spec's +1e-7 in the column normalisation changes nothing visible
+    ref_eps = lam_dense(seg.double(), feat.double(), sigma, radius)
+    assert (out.double() - ref_eps).abs().max() < 1e-4
+    # the chunk size only bounds memory: one tile per chunk gives the same numbers
+    out_small = lam_windowed(seg, feat, sigma, radius, tile=tile, chunk_elements=1)
+    assert (out_small - out).abs().max() < 1e-5
+
+
+def test_weights_are_a_windowed_column_softmax():
+    # With S = identity over positions (C = n channels), output channel a at b is W[a, b] itself.
+    h, w, radius = 5, 6, 2
+    n_pos = h * w
+    seg = torch.eye(n_pos, dtype=torch.float64).view(1, n_pos, h, w)
+    _, feat = _inputs(1, 1, 4, h, w, dtype=torch.float64)
+    weights = LAM(sigma=1.5, radius=radius, tile=4)(seg, feat).view(n_pos, n_pos)  # [a, b]
+    assert torch.allclose(weights.sum(dim=0), torch.ones(n_pos, dtype=torch.float64), atol=1e-12)
+    assert (weights >= 0).all()
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cheb = torch.maximum((ys.flatten()[:, None] - ys.flatten()[None, :]).abs(),
+                         (xs.flatten()[:, None] - xs.flatten()[None, :]).abs())
+    assert (weights[cheb > radius] == 0).all()
+    assert (weights[cheb <= radius] > 0).all()
+
+
+def test_constant_map_stays_constant():
+    _, feat = _inputs(2, 1, 8, 10, 13, scale=2.0)
+    seg = torch.full((2, 3, 10, 13), 0.0)
+    seg[:, 0], seg[:, 1], seg[:, 2] = 2.5, -1.0, 7.0
+    out = LAM(sigma=2.0, radius=4, tile=4)(seg, feat)
+    assert (out - seg).abs().max() < 1e-5
+
+
+def test_huge_radius_equals_untruncated_spec_formula():
+    seg, feat = _inputs(2, 3, 6, 9, 11, scale=0.8, dtype=torch.float64)
+    out = LAM(sigma=6.0, radius=10**6)(seg, feat)
+    ref = _spec_column_softmax(seg, feat, 6.0)
+    assert (out - ref).abs().max() < 1e-10
+    assert (out - lam_dense(seg, feat, 6.0, radius=None)).abs().max() < 1e-4  # spec steps 1–4 incl. +1e-7
+
+
+def test_default_radius_is_four_sigma():
+    assert LAM(6.0).radius == 24 and LAM(1.3).radius == 6 and LAM(6.0, radius=3).radius == 3
+
+
+def test_feat_is_resized_bilinearly():
+    seg, _ = _inputs(1, 2, 1, 8, 10)
+    feat = torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(1))
+    resized = F.interpolate(feat, size=(8, 10), mode="bilinear", align_corners=False)
+    lam = LAM(sigma=1.5, radius=3, tile=4)
+    assert torch.allclose(lam(seg, feat), lam(seg, resized), atol=1e-6)
+
+
+def test_gradcheck_double():
+    seg, feat = _inputs(1, 2, 3, 5, 6, dtype=torch.float64)
+    seg.requires_grad_()
+    feat.requires_grad_()
+    # tile 4 on 5×6: four tiles, two of them padded; radius 2 truncates inside the grid; tiny chunks
+    assert torch.autograd.gradcheck(lambda s, f: lam_windowed(s, f, 1.0, 2, tile=4, chunk_elements=8), (seg, feat))
+
+
+@pytest.mark.parametrize("feat_grad", [True, False])
+def test_gradients_match_dense_autograd(feat_grad):
+    seg, feat = _inputs(2, 3, 5, 11, 9, dtype=torch.float64)
+    upstream = torch.randn(2, 3, 11, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = []
+    for fn in (lambda s, f: lam_windowed(s, f, 2.0, 3, tile=4), lambda s, f: lam_dense(s, f, 2.0, 3, eps=0.0)):
+        s, f = seg.clone().requires_grad_(), feat.clone().requires_grad_(feat_grad)
+        (fn(s, f) * upstream).sum().backward()
+        grads.append((s.grad, f.grad))
+    assert (grads[0][0] - grads[1][0]).abs().max() < 1e-10
+    if feat_grad:
+        assert (grads[0][1] - grads[1][1]).abs().max() < 1e-10
+    else:
+        assert grads[0][1] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_autocast_with_large_feature_norms(dtype):
+    g = torch.Generator().manual_seed(0)
+    seg = torch.randn(1, 3, 10, 12, generator=g)
+    # ‖F‖ = 30 around a shared direction: F·F ≈ 900 (exp overflows fp16 and even fp32), while neighbour logits
+    # differ by O(1), so the weights are far from one-hot and the test is not the identity map
+    u = torch.randn(1, 16, 1, 1, generator=g)
+    feat = u / u.norm() + 0.02 * torch.randn(1, 16, 10, 12, generator=g)
+    feat = 30.0 * feat / feat.norm(dim=1, keepdim=True)
+    seg_lp, feat_lp = seg.to(dtype), feat.to(dtype)
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        out = LAM(sigma=2.0, radius=4, tile=8)(seg_lp, feat_lp)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    ref = lam_dense(seg_lp.double(), feat_lp.double(), 2.0, 4, eps=0.0)  # same rounded inputs, float64
+    assert (ref - seg_lp.double()).abs().max() > 0.5  # non-trivial aggregation
+    # only the final rounding of the output to 8 (bf16) / 11 (fp16) mantissa bits remains
+    tol = 0.02 if dtype == torch.bfloat16 else 0.003
+    assert (out.double() - ref).abs().max() < tol
+    out32 = LAM(sigma=2.0, radius=4, tile=8)(seg_lp.float(), feat_lp.float())
+    assert (out.float() - out32).abs().max() < tol
+
+
+def test_backward_finite_with_large_norms():
+    seg, feat = _inputs(1, 2, 8, 9, 9)
+    feat = (30.0 * feat / feat.norm(dim=1, keepdim=True)).requires_grad_()
+    seg.requires_grad_()
+    LAM(sigma=2.0, radius=3, tile=4)(seg, feat).square().sum().backward()
+    assert torch.isfinite(seg.grad).all() and torch.isfinite(feat.grad).all()
+
+
+def test_no_size_dependent_state():
+    lam = LAM()
+    assert len(lam.state_dict()) == 0 and not list(lam.parameters()) and not list(lam.buffers())
+    for h, w in [(6, 7), (9, 5)]:
+        seg, feat = _inputs(1, 2, 3, h, w)
+        assert lam(seg, feat).shape == (1, 2, h, w)
+        assert len(lam.state_dict()) == 0 and not list(lam.buffers())
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError):
+        LAM()(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError):
+        LAM()(torch.zeros(2, 3, 4, 4), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError):
+        LAM(sigma=0.0)
