@@ -111,23 +111,35 @@ def evaluate(method, dataset, ev, meta: DatasetMeta, out_dir: Path, device: torc
 
         bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
     pending_meta: dict = {}
+
+    def run_group(group: list[dict]) -> None:
+        images_t = torch.stack([g["image"] for g in group]).to(device)
+        probs = infer_probs(predict_fn, images_t, scales=ev.scales, flip=ev.flip, average=ev.average, mode=ev.mode,
+                            crop=ev.crop_size, stride=ev.stride)
+        for sample, p in zip(group, probs):
+            label = np.asarray(sample["label"])
+            need_image = crf is not None or len(overlays) < ev.save_overlays
+            image = denormalize(sample["image"], mean, std) if need_image else None
+            if crf is not None:
+                pending_meta[sample["id"]] = (label, image)
+                for key, pred in crf.submit(sample["id"], image, p.cpu().numpy()):
+                    lab, img = pending_meta.pop(key)
+                    finish(key, pred, lab, img)
+            else:
+                finish(sample["id"], p.argmax(0).byte().cpu().numpy(), label, image)
+        if bar is not None:
+            bar.update(len(group))
+
+    # consecutive images of the same size are predicted together, up to eval.batch_size
+    group: list[dict] = []
     for i in indices:
         sample = dataset[i]
-        image_t = sample["image"].unsqueeze(0).to(device)
-        label = sample["label"].numpy() if isinstance(sample["label"], torch.Tensor) else np.asarray(sample["label"])
-        probs = infer_probs(predict_fn, image_t, scales=ev.scales, flip=ev.flip, average=ev.average, mode=ev.mode,
-                            crop=ev.crop_size, stride=ev.stride)[0]
-        need_image = crf is not None or len(overlays) < ev.save_overlays
-        image = denormalize(sample["image"], mean, std) if need_image else None
-        if crf is not None:
-            pending_meta[sample["id"]] = (label, image)
-            for key, pred in crf.submit(sample["id"], image, probs.cpu().numpy()):
-                lab, img = pending_meta.pop(key)
-                finish(key, pred, lab, img)
-        else:
-            finish(sample["id"], probs.argmax(0).byte().cpu().numpy(), label, image)
-        if bar is not None:
-            bar.update(1)
+        if group and (len(group) == ev.batch_size or group[0]["image"].shape != sample["image"].shape):
+            run_group(group)
+            group = []
+        group.append(sample)
+    if group:
+        run_group(group)
     if crf is not None:
         for key, pred in crf.drain():
             lab, img = pending_meta.pop(key)
