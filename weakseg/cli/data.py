@@ -47,11 +47,17 @@ def cmd_scribbles(args: argparse.Namespace) -> int:
 
 
 def cmd_context(args: argparse.Namespace) -> int:
-    from weakseg.data.context import convert_context_folder
+    from pathlib import Path
+
+    from weakseg.data.context import context_meta, convert_context_folder
+    from weakseg.utils.io import write_text_atomic
 
     n_ok, n_skip, problems = convert_context_folder(args.mat_dir, args.labels, args.labels59, args.out)
     _print_problems(problems)
-    print(f"context: {n_ok} converted, {n_skip} skipped -> {args.out}")
+    # the 60 class names next to the label folder, so that the dataset root describes its classes
+    classes = Path(args.classes_out) if args.classes_out else Path(args.out).resolve().parent / "classes.txt"
+    write_text_atomic(classes, "".join(f"{n}\n" for n in context_meta(args.labels59).classes))
+    print(f"context: {n_ok} converted, {n_skip} skipped -> {args.out} (class names: {classes})")
     return 0 if n_ok or not n_skip else 1
 
 
@@ -140,6 +146,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help="labels.txt (459 classes)")
     p.add_argument("--labels59", required=True, help="59_labels.txt")
     p.add_argument("--out", required=True, help="output folder of <id>.png")
+    p.add_argument("--classes-out", help="where to write the 60 class names (default: <out>/../classes.txt)")
     p.set_defaults(func=cmd_context)
 
     p = sub.add_parser("simulate-scribbles", help="simulate scribbles from dense masks")
