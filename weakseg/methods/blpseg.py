@@ -53,7 +53,7 @@ class BLPSeg(Method):
         self.num_classes = num_classes
         self.model = BLPSegNet(model_cfg.backbone, num_classes, pretrained=model_cfg.pretrained,
                                output_stride=model_cfg.output_stride, norm=model_cfg.norm,
-                               channels=cfg.decoder_channels, **dict(model_cfg.head_kwargs))
+                               channels=cfg.decoder_channels, with_embed=cfg.use_lam, **dict(model_cfg.head_kwargs))
         self.lam = LAM(sigma=cfg.lam_sigma, radius=cfg.lam_radius) if cfg.use_lam else None
         self.loss_annotation = AnnotationCELoss(num_classes, unlabeled_weight=cfg.unlabeled_weight)
         # γ = 0 makes every weight 1: per-image mean CE over the supervised pixels (the "without BLP" ablation)

@@ -47,11 +47,13 @@ class BLPSegNet(nn.Module):
     * ``seg``: N×C×h×w segmentation logits before LAM;
     * ``annotation``: N×(C+1)×h×w annotation-probability logits (last channel = "not annotated"), computed from
       the *detached* decoder feature so its loss trains only this head;
-    * ``embed``: N×D×h×w shallow features for LAM.
+    * ``embed``: N×D×h×w shallow features for LAM; absent when the net is built with ``with_embed=False`` (the
+      "without LAM" ablation, where the branch would receive no gradient).
     """
 
     def __init__(self, backbone: str, num_classes: int, *, pretrained: str | None = None, output_stride: int = 32,
-                 norm: str = "bn", channels: int = 256, pool_scales=(1, 2, 3, 6), dropout: float = 0.1):
+                 norm: str = "bn", channels: int = 256, pool_scales=(1, 2, 3, 6), dropout: float = 0.1,
+                 with_embed: bool = True):
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride, norm=norm)
         self.decoder = UPerDecoder(self.backbone.feature_info, channels=channels, pool_scales=pool_scales,
@@ -59,8 +61,8 @@ class BLPSegNet(nn.Module):
         d = self.decoder.out_channels
         self.seg_head = _mlp_head(d, num_classes)
         self.annotation_head = _mlp_head(d, num_classes + 1)
-        self.embed = PatchEmbed(channels)
-        for m in [self.seg_head, self.annotation_head, self.embed]:
+        self.embed = PatchEmbed(channels) if with_embed else None
+        for m in [self.seg_head, self.annotation_head, self.embed or nn.Identity()]:
             for mod in m.modules():
                 if isinstance(mod, nn.Conv2d):
                     nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
@@ -69,17 +71,16 @@ class BLPSegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         d = self.decoder(self.backbone(x))
-        return {
-            "seg": self.seg_head(d),
-            "annotation": self.annotation_head(d.detach()),
-            "embed": self.embed(x),
-        }
+        out = {"seg": self.seg_head(d), "annotation": self.annotation_head(d.detach())}
+        if self.embed is not None:
+            out["embed"] = self.embed(x)
+        return out
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The Segmentor's four groups; decoder, both heads and the embedding branch form the "head"."""
         backbone, backbone_norm = split_norm_and_bias(self.backbone)
         head, head_norm_bias = [], []
-        for m in (self.decoder, self.seg_head, self.annotation_head, self.embed):
+        for m in (self.decoder, self.seg_head, self.annotation_head, self.embed or nn.Identity()):
             weights, norm_bias = split_norm_and_bias(m)
             head += weights
             head_norm_bias += norm_bias
