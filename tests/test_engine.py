@@ -117,6 +117,12 @@ def test_cli_train_eval_predict_and_errors(synth_root, tmp_path, capsys):
     assert main(["predict", str(images), "--ckpt", str(ckpt), "--out", str(pred)]) == 0
     assert f"0 predicted, {n} already done" in capsys.readouterr().out  # resume: nothing is redone
 
+    # ONNX export with dynamic sizes, checked against PyTorch inside the command
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--onnx", str(onnx_path), "--height", "64", "--width", "96"]) == 0
+    assert onnx_path.stat().st_size > 0
+    assert "max |onnx - torch|" in capsys.readouterr().out
+
     # bad inputs: clear messages, exit code 2
     assert main(["train", str(preset), "--set", "engine.batch_sise=2"]) == 2
     assert "did you mean 'batch_size'" in capsys.readouterr().err

@@ -127,6 +127,9 @@ def cmd_export(args) -> int:
     path = export_onnx(method, Path(args.onnx), sample_size=(args.height, args.width), opset=args.opset)
     diff = check_onnx(method, path, sizes=((1, args.height, args.width), (2, args.height + 32, args.width - 32)))
     print(f"exported {path} (opset {args.opset}, dynamic batch/height/width); max |onnx - torch| = {diff:.2e}")
+    if diff > 1e-3:
+        print(f"weakseg export: error: ONNX and PyTorch outputs differ by {diff:.2e} (> 1e-3)", file=sys.stderr)
+        return 1
     return 0
 
 

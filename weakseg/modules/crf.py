@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -169,20 +170,38 @@ def crf_label(
     labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
         raise ValueError(f"labels must be H×W matching the image {image.shape[:2]}, got shape {labels.shape}")
+    q = _mean_field(image, label_unary(labels, n_labels, params.gt_prob), params, backend, device)
+    return q.argmax(0).astype(np.int64)
+
+
+def label_unary(labels: np.ndarray, n_labels: int, gt_prob: float) -> np.ndarray:
+    """Unary energies of a hard label map: pydensecrf's ``unary_from_labels(..., zero_unsure=False)`` plus 255.
+
+    Args:
+        labels: H×W integer class ids in 0..n_labels−1, or 255 = unsure.
+        n_labels: number of classes C (≥ 2).
+        gt_prob: probability of the given class, in (0, 1).
+
+    Returns:
+        C×H×W float32 energies: −log(gt_prob) for the given class, −log((1 − gt_prob)/(C − 1)) for the others,
+        and −log(1/C) for every class at unsure pixels.
+    """
+    labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
     if n_labels < 2:
         raise ValueError(f"n_labels must be ≥ 2, got {n_labels}")
+    if not 0 < gt_prob < 1:
+        raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
     labels = labels.astype(np.int64)
     unsure = labels == 255
     bad = ~unsure & ((labels < 0) | (labels >= n_labels))
     if bad.any():
         raise ValueError(f"labels contain ids outside 0..{n_labels - 1} (and not 255): {np.unique(labels[bad])[:10]}")
-    unary = np.full((n_labels,) + labels.shape, -math.log((1.0 - params.gt_prob) / (n_labels - 1)), np.float32)
-    np.put_along_axis(unary, np.where(unsure, 0, labels)[None], -math.log(params.gt_prob), axis=0)
+    unary = np.full((n_labels,) + labels.shape, -math.log((1.0 - gt_prob) / (n_labels - 1)), np.float32)
+    np.put_along_axis(unary, np.where(unsure, 0, labels)[None], -math.log(gt_prob), axis=0)
     unary[:, unsure] = -math.log(1.0 / n_labels)
-    q = _mean_field(image, unary, params, backend, device)
-    return q.argmax(0).astype(np.int64)
+    return unary
 
 
 def pydensecrf_available() -> bool:
@@ -241,21 +260,18 @@ def _mean_field_torch(image: np.ndarray, unary: np.ndarray, params: CRFParams, d
         ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
                                 torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
         xy = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)  # N×2, x = column, as in DenseCRF2D
-        kernels = []  # (weight, lattice, normaliser N×1)
+        lattices = []  # one per kernel, each computing w_m · Σ_j k̃_m(i, j) · Q_j
         if params.gauss_compat != 0 and params.iterations > 0:
-            kernels.append((params.gauss_compat, _Lattice(xy / params.gauss_sxy)))
+            lattices.append(_Lattice(xy / params.gauss_sxy).normalise_(params.gauss_compat))
         if params.bilateral_compat != 0 and params.iterations > 0:
             rgb = torch.from_numpy(image).to(device).reshape(-1, 3).float()
             feats = torch.cat([xy / params.bilateral_sxy, rgb / params.bilateral_srgb], 1)
-            kernels.append((params.bilateral_compat, _Lattice(feats)))
-        ones = torch.ones(h * w, 1, device=device)
-        # symmetric normalisation, as pydensecrf's NORMALIZE_SYMMETRIC: k̃ = D^-½ K D^-½ with D = diag(K·1)
-        kernels = [(wt, lat, lat.filter(ones).add_(1e-20).rsqrt_()) for wt, lat in kernels]
+            lattices.append(_Lattice(feats).normalise_(params.bilateral_compat))
         q = torch.softmax(neg_unary, 1)
         for _ in range(int(params.iterations)):
             energy = neg_unary.clone()  # negative energy: −ψ_u + Σ_m w_m · k̃_m Q
-            for wt, lat, norm in kernels:
-                energy.add_(lat.filter(q * norm).mul_(norm), alpha=wt)
+            for lattice in lattices:
+                energy += lattice.filter(q)
             q = torch.softmax(energy, 1)
         return q.t().reshape(c, h, w).to("cpu", torch.float32).numpy()
 
@@ -273,7 +289,6 @@ class _Lattice:
     def __init__(self, features: torch.Tensor):
         n, d = features.shape
         dev = features.device
-        self.n, self.d = n, d
         features = features.float()
         # Elevate onto the hyperplane Σ = 0 in R^{d+1} (Adams et al. p.5): E·diag(scale)·f, scaled so that the
         # [½, 1, ½] blur below amounts to a Gaussian of unit standard deviation in feature space (p.6).
@@ -289,16 +304,14 @@ class _Lattice:
         v = elevated / (d + 1)
         up, down = torch.ceil(v) * (d + 1), torch.floor(v) * (d + 1)
         rem0 = torch.where(up - elevated < elevated - down, up, down)
-        coord_sum = torch.round(rem0.sum(1, keepdim=True) / (d + 1)).long()
-        # ... rank the residuals (ties broken by index, as densecrf does) ...
-        res = elevated - rem0
-        greater = res[:, None, :] > res[:, :, None]  # [n, k, j] = res_j > res_k
-        greater_eq = res[:, None, :] >= res[:, :, None]
-        upper = torch.ones(d + 1, d + 1, dtype=torch.bool, device=dev).triu(1)  # j > k
-        rank = (greater & upper).sum(2) + (greater_eq & upper.t()).sum(2) + coord_sum
+        # ... rank the residuals in descending order (a stable sort breaks ties by index, as densecrf does) ...
+        order = torch.argsort(elevated - rem0, dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(d + 1, device=dev).expand(n, d + 1))
+        rank += torch.round(rem0.sum(1, keepdim=True) / (d + 1)).long()
         # ... and bring the point back onto the plane Σ = 0.
-        rem0 = rem0 + (d + 1) * ((rank < 0).float() - (rank > d).float())
-        rank = rank + (d + 1) * ((rank < 0).long() - (rank > d).long())
+        wrap = (rank < 0).long() - (rank > d).long()
+        rank += (d + 1) * wrap
+        rem0 += (d + 1) * wrap
 
         # Barycentric coordinates of the point in its simplex (p.10).
         bary = torch.zeros(n, d + 2, device=dev)
@@ -306,52 +319,98 @@ class _Lattice:
         bary.scatter_add_(1, d - rank, w_res)
         bary.scatter_add_(1, d - rank + 1, -w_res)
         bary[:, 0] += 1.0 + bary[:, d + 1]
-        self.weights = bary[:, : d + 1].contiguous()  # N×(d+1)
 
-        # Integer keys (first d coordinates) of the d+1 simplex vertices: canonical simplex r shifts coordinate i
-        # by r when rank_i ≤ d − r, else by r − (d+1).
-        r = torch.arange(d + 1, device=dev).view(1, d + 1, 1)
-        rk = rank[:, None, :d]
-        keys = rem0.long()[:, None, :d] + torch.where(rk <= d - r, r, r - (d + 1))  # N×(d+1)×d
-        keys = keys.reshape(-1, d)
-
-        # Encode keys as int64 (mixed radix, with a margin of d+1 so blur neighbours never carry a digit), dedupe
-        # by sorting, and find neighbours with searchsorted instead of densecrf's hash table.
-        lo = keys.min(0).values - (d + 1)
-        radix = keys.max(0).values - lo + (d + 2)
+        # Vertex r of the simplex has key_i = rem0_i + r − (d+1)·[rank_i > d − r] (first d coordinates; the last
+        # one is implied by Σ = 0). Keys are encoded as int64 codes Σ_i (key_i − lo_i)·stride_i (mixed radix, with
+        # margins so that blur neighbours never carry a digit); sorting the codes replaces densecrf's hash table.
+        rem0 = rem0[:, :d].long()
+        lo = rem0.min(0).values - 2 * (d + 1)
+        radix = rem0.max(0).values - lo + 2 * (d + 1) + 1
         if float(torch.prod(radix.double())) >= 2.0**62:
             raise ValueError("permutohedral lattice too fine to index (feature ranges too large); "
                              "increase the CRF standard deviations")
         stride = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long, device=dev), radix[:-1]]), 0)
-        codes = ((keys - lo) * stride).sum(1)
-        uniq, inverse = torch.unique(codes, sorted=True, return_inverse=True)
+        # Σ_i stride_i·[rank_i > t] for t = d − r, from the strides sorted by rank and a suffix sum.
+        by_rank = torch.zeros(n, d + 1, dtype=torch.long, device=dev).scatter_(1, rank[:, :d], stride.expand(n, d))
+        above = by_rank.flip(1).cumsum(1)  # above[:, c] = Σ_i stride_i·[rank_i ≥ d − c], used by vertex r = c + 1
+        shifted = torch.cat([torch.zeros(n, 1, dtype=torch.long, device=dev), above[:, :d]], 1)
+        r = torch.arange(d + 1, device=dev)
+        base = ((rem0 - lo) * stride).sum(1, keepdim=True)
+        codes = (base + r * stride.sum() - (d + 1) * shifted).reshape(-1)  # entry p·(d+1) + r: vertex r of pixel p
+
+        # One stable sort groups the N·(d+1) corner entries by vertex (pixels ascending within a vertex): it numbers
+        # the M distinct vertices in code order and gives the CSR layout of the splat matrix at once.
+        sorted_codes, perm = torch.sort(codes, stable=True)
+        is_first = torch.ones_like(sorted_codes, dtype=torch.bool)
+        is_first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+        vertex_sorted = torch.cumsum(is_first, 0) - 1
+        uniq = sorted_codes[is_first]
         m = uniq.numel()
-        self.m = m
-        self.offsets = inverse.view(n, d + 1)  # vertex index of each pixel's d+1 simplex corners
-        # Neighbours along lattice axis j: key − 1 on all d stored coordinates, + (d+1) on coordinate j (j < d).
-        step_all = stride.sum()
-        neighbours = []
+        self.n, self.d, self.m = n, d, m
+        weights = bary[:, : d + 1].reshape(-1)
+
+        # Splat (M×N) and slice (N×M) are sparse matrices with d+1 entries per pixel; CSR products are several
+        # times faster than index_add_ / index_select and use all threads.
+        self._splat_cols = torch.div(perm, d + 1, rounding_mode="floor")
+        self._splat = (_crow(torch.bincount(vertex_sorted, minlength=m)), self._splat_cols, weights[perm], (m, n))
+        offsets = torch.empty_like(perm)
+        offsets[perm] = vertex_sorted
+        slice_cols, order = torch.sort(offsets.view(n, d + 1), 1)
+        # densecrf's slice scaling α = 1/(1 + 2^-d) is kept for fidelity (it cancels under the normalisation).
+        slice_vals = weights.view(n, d + 1).gather(1, order).reshape(-1) / (1.0 + 2.0 ** (-d))
+        self._slice_rows = torch.arange(n, device=dev).repeat_interleave(d + 1)
+        self._slice = (torch.arange(0, n * (d + 1) + 1, d + 1, device=dev), slice_cols.reshape(-1), slice_vals, (n, m))
+        self.splat, self.slice = _csr(*self._splat), _csr(*self._slice)
+
+        # Blur along lattice axis j: v_k ← v_k + ½(v_{k−} + v_{k+}), where k± has key ∓ 1 on all d stored
+        # coordinates and ± (d+1) more on coordinate j (j < d); a missing neighbour contributes 0, as in densecrf.
+        # Vertex ids follow code order, so each row's columns (lower neighbour, self, upper neighbour) are sorted.
+        vertex = torch.arange(m, device=dev)
+        self.blurs = []
         for j in range(d + 1):
-            shift = -step_all + ((d + 1) * stride[j] if j < d else 0)
-            pair = []
-            for sign in (1, -1):
-                target = uniq + sign * shift
+            shift = abs(int(-stride.sum() + ((d + 1) * stride[j] if j < d else 0)))
+            cols, found = [], []
+            for target in (uniq - shift, uniq + shift):
                 pos = torch.searchsorted(uniq, target).clamp_(max=m - 1)
-                idx = torch.where(uniq[pos] == target, pos, torch.full_like(pos, m))  # m = the zero dummy row
-                pair.append(torch.cat([idx, idx.new_full((1,), m)]))
-            neighbours.append(pair)
-        self.neighbours = neighbours
-        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))  # densecrf's slice scaling (cancels under normalisation)
+                cols.append(pos)
+                found.append(uniq[pos] == target)
+            cols = torch.stack([cols[0], vertex, cols[1]], 1)
+            found = torch.stack([found[0], torch.ones_like(found[0]), found[1]], 1)
+            vals = torch.tensor([0.5, 1.0, 0.5], device=dev).expand(m, 3)
+            self.blurs.append(_csr(_crow(found.sum(1)), cols[found], vals[found], (m, m)))
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """N×C values → N×C lattice-filtered values (splat, blur along each axis, slice)."""
-        c = values.shape[1]
-        grid = values.new_zeros(self.m + 1, c)  # last row: "no neighbour", always zero
-        for r in range(self.d + 1):
-            grid.index_add_(0, self.offsets[:, r], values * self.weights[:, r : r + 1])
-        for n1, n2 in self.neighbours:
-            grid = grid + 0.5 * (grid.index_select(0, n1) + grid.index_select(0, n2))
-        out = grid.index_select(0, self.offsets[:, 0]).mul_(self.weights[:, :1])
-        for r in range(1, self.d + 1):
-            out.addcmul_(grid.index_select(0, self.offsets[:, r]), self.weights[:, r : r + 1])
-        return out.mul_(self.alpha)
+        grid = self.splat @ values
+        for blur in self.blurs:
+            grid = blur @ grid
+        return self.slice @ grid
+
+    def normalise_(self, weight: float) -> "_Lattice":
+        """Fold the symmetric normalisation and a weight into the filter: filter(v) ← w·D^-½ K D^-½ v, D = diag(K·1).
+
+        This is pydensecrf's ``NORMALIZE_SYMMETRIC`` (``norm = 1/√(K·1 + 1e-20)`` applied before and after).
+        """
+        norm = self.filter(torch.ones(self.n, 1, device=self.splat.device)).squeeze(1).add_(1e-20).rsqrt_()
+        crow, cols, vals, shape = self._splat
+        self.splat = _csr(crow, cols, vals * norm[self._splat_cols], shape)
+        crow, cols, vals, shape = self._slice
+        self.slice = _csr(crow, cols, vals * norm[self._slice_rows] * weight, shape)
+        return self
+
+
+def _crow(counts: torch.Tensor) -> torch.Tensor:
+    """CSR row pointers from the number of entries per row."""
+    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """float32 sparse CSR matrix (entries grouped by row, columns ascending within a row, no duplicates).
+
+    Indices are stored as int32 when they fit: MKL (CPU) converts int64 indices to int32 on every product.
+    """
+    if max(cols.numel(), *shape) < 2**31 - 1:
+        crow, cols = crow.int(), cols.int()
+    with warnings.catch_warnings():  # torch warns once per process that CSR support is "beta"; the ops used are stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals.float(), shape, check_invariants=False)
