@@ -114,8 +114,8 @@ def main() -> None:
     image, label, probs = make_scene(args.width, args.height, args.classes, args.seed)
     load_start = os.getloadavg()[0]
     have_pd = pydensecrf_available()
-    print(f"CRF {args.width}x{args.height}, {args.classes} classes; unary pixel acc {(probs.argmax(0) == label).mean():.3f}; "
-          f"load {load_start:.1f} on {os.cpu_count()} cores")
+    print(f"CRF {args.width}x{args.height}, {args.classes} classes; "
+          f"unary pixel acc {(probs.argmax(0) == label).mean():.3f}; load {load_start:.1f} on {os.cpu_count()} cores")
     rows = []
     for preset in args.presets:
         params = CRF_PRESETS[preset]
@@ -125,10 +125,9 @@ def main() -> None:
         for backend, threads in runs:
             old = torch.get_num_threads()
             torch.set_num_threads(threads)
+            device = args.device if backend == "torch" else None
             try:
-                walls, cpu, q = time_calls(
-                    lambda: dense_crf(image, probs, params, backend, device=args.device if backend == "torch" else None),
-                    args.repeats)
+                walls, cpu, q = time_calls(lambda: dense_crf(image, probs, params, backend, device), args.repeats)
             finally:
                 torch.set_num_threads(old)
             if backend == "pydensecrf":
