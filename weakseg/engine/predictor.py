@@ -53,7 +53,7 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
 
 
 def _normalize(image: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0).permute(2, 0, 1)
+    x = torch.from_numpy(image).float().div_(255.0).permute(2, 0, 1)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 

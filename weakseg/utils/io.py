@@ -95,7 +95,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # a writable copy (torch.from_numpy needs one)
     except Exception as exc:  # PIL raises many types for corrupt files
         raise DataError(f"{path}: cannot read image ({exc})") from exc
 
