@@ -88,9 +88,9 @@ def adaptive_avg_pool2d(x: torch.Tensor, size: int) -> torch.Tensor:
 class AdaptiveAvgPool2d(nn.Module):
     """``nn.AdaptiveAvgPool2d`` for square outputs that exports to ONNX with dynamic input sizes."""
 
-    def __init__(self, size: int):
+    def __init__(self, output_size: int):
         super().__init__()
-        self.size = size
+        self.output_size = output_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return adaptive_avg_pool2d(x, self.size)
+        return adaptive_avg_pool2d(x, self.output_size)
