@@ -103,7 +103,7 @@ class EngineConfig:
     eval_interval: int = 0  # iterations between validations (0 = only at the end)
     tensorboard: bool = True  # write TensorBoard scalars when tensorboard is installed
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA (plain BN on CPU, where SyncBN cannot run)
-    threads: int | None = None  # torch.set_num_threads per process (None = torch default)
+    threads: int | None = None  # torch.set_num_threads per process (None: on CPU, cores minus loader workers)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,20 @@ def setup_logging(work_dir: Path | None = None, name: str = "train.log") -> None
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def cpu_threads(requested: int | None, num_workers: int, device: torch.device) -> int:
+    """Intra-op threads for this process: ``engine.threads`` when set; otherwise, on CPU, the cores of this
+    process (torch's default, which accounts for torchrun's OMP_NUM_THREADS) minus the DataLoader workers that
+    share them. On small machines this matters a lot: when a loader worker preempts one of two OpenMP threads,
+    every parallel region waits for it (measured here: 6.8 s/it with 2 threads + 1 worker on 2 busy cores, 1.5 s/it
+    with 1 thread)."""
+    if requested:
+        return requested
+    default = torch.get_num_threads()
+    if device.type != "cpu":
+        return default
+    return max(1, min(default, (os.cpu_count() or 1) - num_workers))
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -197,8 +212,7 @@ class Trainer:
                  work_dir: Path | None = None):
         self.cfg = cfg
         self.device = wdist.init_distributed(cfg.engine.device)
-        if cfg.engine.threads:
-            torch.set_num_threads(cfg.engine.threads)
+        torch.set_num_threads(cpu_threads(cfg.engine.threads, cfg.data.num_workers, self.device))
         self.rank, self.world = wdist.rank(), wdist.world_size()
         self.work_dir = Path(work_dir) if work_dir is not None else resolve_work_dir(cfg)
         self.ckpt_dir = self.work_dir / "checkpoints"
