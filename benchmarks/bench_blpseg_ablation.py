@@ -38,9 +38,9 @@ RUNS = [  # (name, preset kind, method overrides)
 
 PRESETS = {
     "synth": {
-        "full": "full/full_mnv2-os16_b16-1k_synth-128.yaml",
-        "partial_ce": "partial_ce/partial-ce_mnv2-os16_b16-1k_synth-128.yaml",
-        "blpseg": "blpseg/blpseg_mnv2-os32_b16-1k_synth-128.yaml",
+        "full": "full/full_mnv2-os16_b8-300i_synth-96.yaml",
+        "partial_ce": "partial_ce/partial-ce_mnv2-os16_b8-300i_synth-96.yaml",
+        "blpseg": "blpseg/blpseg_mnv2-os32_b8-300i_synth-96.yaml",
     },
     "horse": {
         "full": "full/full_mnv2-os32-uper_b8-800i_horse-192.yaml",
