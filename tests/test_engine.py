@@ -33,8 +33,8 @@ def synth_root(tmp_path_factory):
 
 
 def tiny_cfg(synth_root, work_dir, method="full", extra=()):
-    preset = ROOT / "configs" / ("full/full_mnv2-os16_b8-300i_synth-96.yaml" if method == "full"
-                                 else "partial_ce/partial-ce_mnv2-os16_b8-300i_synth-96.yaml")
+    preset = ROOT / "configs" / ("full/full_mnv2-os32-uper_b8-300i_synth-96.yaml" if method == "full"
+                                 else "partial_ce/partial-ce_mnv2-os32-uper_b8-300i_synth-96.yaml")
     return load_config(preset, [f"data.root={synth_root}", f"engine.work_dir={work_dir}", *TINY, *extra])
 
 
@@ -92,7 +92,7 @@ def test_partial_ce_trains_on_scribbles_only(synth_root, tmp_path):
 
 def test_cli_train_eval_predict_and_errors(synth_root, tmp_path, capsys):
     work = tmp_path / "cli"
-    preset = ROOT / "configs/full/full_mnv2-os16_b8-300i_synth-96.yaml"
+    preset = ROOT / "configs/full/full_mnv2-os32-uper_b8-300i_synth-96.yaml"
     sets = [f"data.root={synth_root}", f"engine.work_dir={work}", *TINY, "schedule.iters=2"]
     args = ["train", str(preset)]
     for s in sets:
@@ -156,7 +156,7 @@ def test_empty_train_list_is_an_error(synth_root, tmp_path):
 def test_ddp_two_processes_cpu(synth_root, tmp_path):
     """torchrun with 2 CPU ranks (gloo): global batch split, identical weights, sharded evaluation."""
     work = tmp_path / "ddp"
-    preset = ROOT / "configs/full/full_mnv2-os16_b8-300i_synth-96.yaml"
+    preset = ROOT / "configs/full/full_mnv2-os32-uper_b8-300i_synth-96.yaml"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
            "-m", "weakseg", "train", str(preset)]
     for s in [f"data.root={synth_root}", f"engine.work_dir={work}", *TINY, "schedule.iters=3",

@@ -24,9 +24,9 @@ log = logging.getLogger("weakseg")
 
 #: (label in the report, preset relative to configs/)
 DEMO_RUNS: list[tuple[str, str]] = [
-    ("partial CE (scribbles)", "partial_ce/partial-ce_mnv2-os16_b8-300i_synth-96.yaml"),
+    ("partial CE (scribbles)", "partial_ce/partial-ce_mnv2-os32-uper_b8-300i_synth-96.yaml"),
     ("BLPSeg (scribbles)", "blpseg/blpseg_mnv2-os32_b8-300i_synth-96.yaml"),
-    ("full supervision (masks)", "full/full_mnv2-os16_b8-300i_synth-96.yaml"),
+    ("full supervision (masks)", "full/full_mnv2-os32-uper_b8-300i_synth-96.yaml"),
 ]
 
 SYNTH_IMAGES = 1000
