@@ -3,24 +3,24 @@ propagation; methods.md §4.
 
 The pipeline (``weakseg run configs/{bes,sbe}/*.yaml``), in the paper's order (§4.1, §4.6b):
 
-    train_cam              CAM net = backbone + attention pooling, multi-label soft-margin loss on the tags  (§4.2)
-    make_cam               multi-scale + flip CAMs of the image's classes, per-class max-normalised           (§4.2)
-    eval_cam               mIoU of argmax([cam_eval_thres, CAMs]) on the training split                        (§4.2)
-    make_saliency          (SBE, when data.saliency_dir is null) U²-Net-p saliency maps                        (§4.1)
-    make_boundary_labels   CRF-refined confident regions → 13×13 window fractions → codes; SBE: saliency cues  (§4.3)
-    train_boundary_net     frozen backbone + side branches, BES loss or SBE's saliency-split loss             (§4.4–4.5)
-    make_pseudo_masks      B = flip-averaged boundary map; random walk of CAM·(1 − B); bg threshold → masks   (§4.6)
-    eval_pseudo_masks      mIoU / coverage / precision of the pseudo-masks on the training split               (§4.6)
-    train_seg              DeepLab-v2 on the pseudo-masks (the run's model / optim / schedule sections)       (§4.7)
-    evaluate               the final model on data.val_list                                                    (§4.7)
+    train_cam              CAM net = backbone + attention pooling, multi-label soft-margin on the tags   (§4.2)
+    make_cam               multi-scale + flip CAMs of the image's classes, per-class max-normalised       (§4.2)
+    eval_cam               mIoU of argmax([cam_eval_thres, CAMs]) on the training split                    (§4.2)
+    make_saliency          (SBE, when data.saliency_dir is null) U²-Net-p saliency maps                    (§4.1)
+    make_boundary_labels   CRF-refined confident regions → window fractions → codes; SBE: saliency cues  (§4.3)
+    train_boundary_net     frozen backbone + side branches, BES loss or SBE's saliency-split loss         (§4.4–4.5)
+    make_pseudo_masks      B = flip-averaged boundary map; random walk of CAM·(1 − B); bg threshold      (§4.6)
+    eval_pseudo_masks      mIoU / coverage / precision of the pseudo-masks on the training split           (§4.6)
+    train_seg              DeepLab-v2 on the pseudo-masks (the run's model / optim / schedule sections)   (§4.7)
+    evaluate               the final model on data.val_list                                                (§4.7)
 
 SBE = BES + saliency: saliency S = 0 marks background and |Sobel(S)| > 0.5 marks a certain boundary in the labels
 (§4.3); the boundary loss splits its boundary term into salient and non-salient pixels and does not halve the
 fg/bg term (§4.5). Artefact formats are given in each stage's ``doc`` and in docs/sbe.md.
 
 Reference bugs not reproduced (§4.9): SGD has real momentum (the reference passed weight decay into the momentum
-slot; the presets use momentum 0.9 with 1/10 of the reference LR, the same steady-state step); artefacts are npz and
-PNG, never pickles; every checkpoint loads strictly; the saliency background test is a threshold
+slot; the paper presets use momentum 0.9 with 1/10 of the reference LR, the same steady-state step); artefacts are
+npz and PNG, never pickles; every checkpoint loads strictly; the saliency background test is a threshold
 (``sal_bg_thres``, 0 = the reference's exact-zero test); the Sobel edge is centred (boundary_labels); the saliency
 map is read only where it is used (train_boundary_net, not train_cam, §4.9.1).
 """
@@ -82,9 +82,10 @@ class BESConfig:
     cam_attention_k: float = 1e-3  # temperature k of the attention pooling
     cam_epochs: float = 5.0  # training epochs over data.train_list (3,305 iterations on train_aug at batch 16)
     cam_batch_size: int = 16  # global batch of train_cam
-    cam_lr: float = 0.01  # SGD LR of the backbone (reference 0.1 without momentum; see the module docstring)
+    cam_optim: str = "sgd"  # optimiser of train_cam: sgd (reference) | adamw
+    cam_lr: float = 0.01  # LR of the backbone (SGD: reference 0.1 without momentum, see the module docstring)
     cam_classifier_lr_mult: float = 10.0  # LR multiplier of the classifier
-    cam_momentum: float = 0.9  # SGD momentum of train_cam
+    cam_momentum: float = 0.9  # SGD momentum of train_cam (cam_optim: sgd)
     cam_weight_decay: float = 1e-4  # weight decay of train_cam
     cam_resize_long: tuple[int, int] = (320, 512)  # random long-side resize range of train_cam (inclusive)
     cam_crop_size: int = 512  # random crop of train_cam (padding 0 after normalisation)
@@ -107,8 +108,9 @@ class BESConfig:
     bes_dilated: bool = False  # dilate the stages past the output stride
     bes_epochs: float = 3.0  # training epochs over data.train_list (1,983 iterations on train_aug at batch 16)
     bes_batch_size: int = 16  # global batch of train_boundary_net
-    bes_lr: float = 0.01  # SGD LR of the side branches (reference 0.1 without momentum)
-    bes_momentum: float = 0.9  # SGD momentum of train_boundary_net
+    bes_optim: str = "sgd"  # optimiser of train_boundary_net: sgd (reference) | adamw
+    bes_lr: float = 0.01  # LR of the side branches (SGD: reference 0.1 without momentum)
+    bes_momentum: float = 0.9  # SGD momentum of train_boundary_net (bes_optim: sgd)
     bes_weight_decay: float = 1e-4  # weight decay of train_boundary_net
     bes_scale_range: tuple[float, float] = (0.5, 1.5)  # random scale range of train_boundary_net
     bes_crop_size: int = 512  # random crop of train_boundary_net (labels padded with 255 = ignored)
@@ -312,12 +314,12 @@ def _num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _sgd_overrides(epochs: float, batch_size: int, lr: float, momentum: float, weight_decay: float,
-                   lr_mult: dict[str, float], power: float) -> list[str]:
-    """Run-config overrides that make the engine's trainer run one auxiliary network's schedule (poly SGD)."""
+def _optim_overrides(optim: str, epochs: float, batch_size: int, lr: float, momentum: float, weight_decay: float,
+                     lr_mult: dict[str, float], power: float) -> list[str]:
+    """Run-config overrides that make the engine's trainer run one auxiliary network's schedule (poly decay)."""
     mult = "{" + ", ".join(f"{k}: {v}" for k, v in lr_mult.items()) + "}"
     return [
-        "optim.name=sgd", f"optim.lr={lr}", f"optim.momentum={momentum}", f"optim.weight_decay={weight_decay}",
+        f"optim.name={optim}", f"optim.lr={lr}", f"optim.momentum={momentum}", f"optim.weight_decay={weight_decay}",
         f"optim.lr_mult={mult}", "optim.wd_mult={}", "schedule.name=poly", f"schedule.epochs={epochs}",
         f"schedule.power={power}", "schedule.warmup_iters=0", f"engine.batch_size={batch_size}",
         "engine.eval_interval=0",  # an auxiliary network has no segmentation output to validate
@@ -357,8 +359,8 @@ def _build_train_cam(ctx: StageContext, cfg) -> tuple[nn.Module, SegDataset, lis
     ])
     dataset = _dataset(ctx, d.train_list, supervision="tags", transform=transform)
     module = CAMTraining(_cam_net(cfg, ctx.meta.num_classes, m.cam_pretrained))
-    overrides = _sgd_overrides(m.cam_epochs, m.cam_batch_size, m.cam_lr, m.cam_momentum, m.cam_weight_decay,
-                               {"classifier": m.cam_classifier_lr_mult}, m.poly_power)
+    overrides = _optim_overrides(m.cam_optim, m.cam_epochs, m.cam_batch_size, m.cam_lr, m.cam_momentum,
+                                 m.cam_weight_decay, {"classifier": m.cam_classifier_lr_mult}, m.poly_power)
     return module, dataset, overrides
 
 
@@ -429,7 +431,7 @@ def _score(ctx: StageContext, predict) -> dict:
     conf = ConfusionMatrix(ctx.meta.num_classes, ctx.meta.ignore_index)
     mine = wdist.shard(with_gt)
     for sample_id in mine:
-        conf.update(predict(sample_id), read_label(label_dir / f"{sample_id}.png"))
+        conf.update(np.array(predict(sample_id)), np.array(read_label(label_dir / f"{sample_id}.png")))
     count = torch.tensor([len(mine)], dtype=torch.int64)
     if wdist.is_distributed():
         device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -538,8 +540,8 @@ def _build_train_boundary(ctx: StageContext, cfg) -> tuple[nn.Module, SegDataset
     dataset = _dataset(ctx, d.train_list, transform=transform, saliency=sbe,
                        extra_maps={K.BOUNDARY: _abs(ctx.dir("make_boundary_labels"))})
     module = BoundaryTraining(_boundary_net(cfg, m.bes_pretrained), m.sal_bg_thres if sbe else None)
-    overrides = _sgd_overrides(m.bes_epochs, m.bes_batch_size, m.bes_lr, m.bes_momentum, m.bes_weight_decay, {},
-                               m.poly_power)
+    overrides = _optim_overrides(m.bes_optim, m.bes_epochs, m.bes_batch_size, m.bes_lr, m.bes_momentum,
+                                 m.bes_weight_decay, {}, m.poly_power)
     return module, dataset, overrides
 
 
@@ -563,7 +565,8 @@ def _setup_pseudo_masks(ctx: StageContext, cfg) -> _PseudoState:
     crf = None
     if m.pseudo_crf is not None:
         if m.pseudo_crf not in CRF_PRESETS:
-            raise ValueError(f"method.pseudo_crf: unknown CRF preset {m.pseudo_crf!r}; known: {', '.join(CRF_PRESETS)}")
+            raise ValueError(f"method.pseudo_crf: unknown CRF preset {m.pseudo_crf!r}; "
+                             f"known: {', '.join(CRF_PRESETS)}")
         crf = functools.partial(crf_label, params=CRF_PRESETS[m.pseudo_crf], backend=m.crf_backend)
     module = BoundaryTraining(_boundary_net(cfg, None), None)  # weights come from the checkpoint
     ctx.load_weights(module, _final_checkpoint(ctx, "train_boundary_net"))
