@@ -117,6 +117,17 @@ def test_cli_train_eval_predict_and_errors(synth_root, tmp_path, capsys):
     assert main(["predict", str(images), "--ckpt", str(ckpt), "--out", str(pred)]) == 0
     assert f"0 predicted, {n} already done" in capsys.readouterr().out  # resume: nothing is redone
 
+    # dense CRF post-processing in 2 worker processes, on a list file of 3 images
+    listing = tmp_path / "three.txt"
+    listing.write_text("\n".join(str(p) for p in sorted(images.iterdir())[:3]) + "\n")
+    crf_out = tmp_path / "pred_crf"
+    assert main(["predict", str(listing), "--ckpt", str(ckpt), "--out", str(crf_out), "--crf", "blpseg",
+                 "--crf-workers", "2"]) == 0
+    assert len(list(crf_out.glob("*.png"))) == 3
+    assert main(["eval", "--ckpt", str(ckpt), "--out", str(tmp_path / "ev_crf"), "--crf", "blpseg",
+                 "--crf-workers", "1"]) == 0
+    assert json.loads((tmp_path / "ev_crf" / "metrics.json").read_text())["eval"]["crf"] == "blpseg"
+
     # ONNX export with dynamic sizes, checked against PyTorch inside the command
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--ckpt", str(ckpt), "--onnx", str(onnx_path), "--height", "64", "--width", "96"]) == 0
