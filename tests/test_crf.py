@@ -35,13 +35,7 @@ needs_pydensecrf = pytest.mark.skipif(not pydensecrf_available(), reason="pip in
 BACKENDS = ["torch", pytest.param("pydensecrf", marks=needs_pydensecrf)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: on a shared 2-core machine OpenMP barriers of many small ops stall when cores are busy.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _two_region_scene(h=12, w=16):

@@ -15,13 +15,7 @@ from weakseg.models.norm import NORM_TYPES, FrozenBatchNorm2d
 NOMINAL_REDUCTIONS = (4, 8, 16, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CI box has 2 shared cores; one intra-op thread is faster than two under contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("output_stride", [32, 16, 8])

@@ -18,12 +18,7 @@ OS8 = [FeatureInfo(16, 4, "s1"), FeatureInfo(24, 8, "s2"), FeatureInfo(32, 8, "s
 SIZE = 45  # odd input size, as in mmseg's head tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_features(info, batch=2, size=SIZE):

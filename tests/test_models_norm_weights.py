@@ -19,12 +19,7 @@ HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-hor
 SORREL = 339  # ImageNet class "sorrel" (a chestnut horse)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_bn(channels: int = 6) -> nn.BatchNorm2d:
