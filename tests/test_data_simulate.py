@@ -52,6 +52,30 @@ def test_strokes_prefer_deep_interiors():
         assert depth[stroke].mean() > 1.5 * depth[lab == cls].mean(), cls
 
 
+def test_reach_adds_rare_excursions_into_thin_parts_and_keeps_the_main_strokes():
+    """A body (disc) with a long thin leg: core strokes never reach the leg's tip, an excursion does."""
+    lab = np.zeros((100, 140), np.uint8)
+    yy, xx = np.mgrid[0:100, 0:140]
+    lab[((yy - 35) / 25.0) ** 2 + ((xx - 45) / 30.0) ** 2 <= 1] = 1
+    lab[40:46, 70:135] = 1                                   # the leg: 6 px wide, tip at column 134
+    tip = np.zeros_like(lab, dtype=bool)
+    tip[40:46, 90:135] = True                                # the leg, well outside the body
+    base = simulate_scribbles(lab, seed=4)
+    assert not (base[tip] == 1).any()                        # label preference: the tip is never scribbled
+    assert np.array_equal(simulate_scribbles(lab, seed=4, reach=0.0), base)
+    reached = simulate_scribbles(lab, seed=4, reach=1.0)
+    assert ((base != 255) <= (reached != 255)).all()         # same main strokes, excursions added
+    assert (reached[base != 255] == base[base != 255]).all()
+    assert (reached[tip] == 1).any()                         # the excursion follows the leg
+    drawn = reached != 255
+    assert (reached[drawn] == lab[drawn]).all()              # and stays in its class
+    # reach is a probability per stroke: over many seeds about that fraction of horse strokes get an excursion
+    hits = [(simulate_scribbles(lab, seed=s, reach=0.3, background=False)[tip] == 1).any() for s in range(40)]
+    assert 4 <= sum(hits) <= 20
+    with pytest.raises(ValueError, match="reach"):
+        simulate_scribbles(lab, reach=1.5)
+
+
 def test_shrink_drop_and_more_strokes():
     lab = toy_label()
     full = simulate_scribbles(lab, seed=2)

@@ -67,7 +67,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     n_ok, n_skip, problems = simulate_folder(
         args.root, args.list, args.label_dir, args.out, seed=args.seed, strokes_per_region=args.strokes_per_region,
         width=args.width, shrink=args.shrink, drop=args.drop, erosion=args.erosion,
-        min_region_area=args.min_region_area)
+        min_region_area=args.min_region_area, reach=args.reach)
     _print_problems(problems)
     out = Path(args.out) if Path(args.out).is_absolute() else Path(args.root) / args.out
     print(f"simulate-scribbles: {n_ok} written, {n_skip} skipped (seed {args.seed}) -> {out}")
@@ -160,6 +160,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--drop", type=float, default=0.0, help="probability that a stroke is removed")
     p.add_argument("--erosion", type=float, default=0.4, help="core depth as a fraction of the region's max depth")
     p.add_argument("--min-region-area", type=int, default=100, help="smaller regions get a dot")
+    p.add_argument("--reach", type=float, default=0.0,
+                   help="probability that a stroke also runs into the region's most remote thin part")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 

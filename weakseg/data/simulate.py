@@ -20,6 +20,12 @@ This is weakseg's own generator, not the (unpublished) URSS procedure (spec §1.
 5. ``shrink`` keeps the middle (1 − shrink) of each stroke's arc length (shrink = 0.5 keeps the middle 50 %);
    ``drop`` removes each stroke independently with that probability. Random numbers are drawn identically for every
    shrink/drop value, so with the same seed the shrunk/dropped scribbles are subsets of the full ones.
+6. ``reach``: with this probability a stroke gets an *excursion* — the annotator occasionally follows a thin part to
+   its tip. Over the whole region (not the core), with the same depth-weighted metric, the pixel most remote from
+   the stroke (typically the tip of a leg, tail or spike) is found and the path from the stroke towards it is drawn
+   for a uniform 50–100 % of its length. So thin parts are annotated *rarely* rather than never — the skewed but
+   non-zero annotation distribution that BLPSeg's annotation-probability map models. Excursions use their own
+   random stream (spawned, not drawn from the main one), so the main strokes are identical for every ``reach``.
 
 Small regions: area < ``min_dot_area`` → nothing; ``min_dot_area`` ≤ area < ``min_region_area`` → one dot
 (a ``width`` disc clipped to the region) at the deepest pixel (still subject to ``drop``).
@@ -141,8 +147,8 @@ def _polyline(ctrl: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = None, seed: int | None = None,
                        strokes_per_region: int = 1, width: int = 3, erosion: float = 0.4,
                        min_region_area: int = 100, min_dot_area: int = 9, shrink: float = 0.0, drop: float = 0.0,
-                       ignore_index: int = 255, background: bool = True, wobble: float = 0.3, step: int = 6
-                       ) -> np.ndarray:
+                       ignore_index: int = 255, background: bool = True, wobble: float = 0.3, step: int = 6,
+                       reach: float = 0.0) -> np.ndarray:
     """Simulate human-like scribbles for an H×W uint8 mask (see the module docstring for the procedure).
 
     Args:
@@ -159,6 +165,7 @@ def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = N
         background: also scribble class 0.
         wobble: lateral tremor amplitude as a fraction of the core depth threshold.
         step: control-point spacing in pixels along the path.
+        reach: probability that a stroke gets an excursion to the region's most remote thin part, in [0, 1].
 
     Returns:
         H×W uint8 scribble map, class ids on stroke pixels and ``ignore_index`` elsewhere.
@@ -168,10 +175,13 @@ def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = N
         raise ValueError(f"label must be H×W, got shape {label.shape}")
     if strokes_per_region < 1 or width < 1 or step < 1:
         raise ValueError("strokes_per_region, width and step must be >= 1")
-    if not 0 <= erosion < 1 or not 0 <= shrink < 1 or not 0 <= drop <= 1:
-        raise ValueError(f"need 0 <= erosion < 1, 0 <= shrink < 1, 0 <= drop <= 1; got {erosion}, {shrink}, {drop}")
+    if not 0 <= erosion < 1 or not 0 <= shrink < 1 or not 0 <= drop <= 1 or not 0 <= reach <= 1:
+        raise ValueError(f"need 0 <= erosion < 1, 0 <= shrink < 1, 0 <= drop <= 1, 0 <= reach <= 1; "
+                         f"got {erosion}, {shrink}, {drop}, {reach}")
     if rng is None:
         rng = np.random.default_rng(0 if seed is None else seed)
+    # spawned, not drawn: the main stream (hence every main stroke) is the same for every value of ``reach``
+    reach_rng = rng.spawn(1)[0] if reach > 0 else None
     out = np.full(label.shape, ignore_index, dtype=np.uint8)
     disc = np.argwhere(_disc(width)) - (width - 1) // 2 if width > 1 else np.zeros((1, 2), np.int64)
     classes = [int(c) for c in np.unique(label) if c != ignore_index and (background or c != 0)]
@@ -192,7 +202,7 @@ def simulate_scribbles(label: np.ndarray, *, rng: np.random.Generator | None = N
                     strokes.append(np.argwhere(dist == d_max)[:1])
             else:
                 strokes = _region_strokes(region, dist, d_max, rng, strokes_per_region, erosion, shrink, drop,
-                                          wobble, step)
+                                          wobble, step, reach, reach_rng)
             for pix in strokes:
                 pix = (pix[:, None, :] + disc[None]).reshape(-1, 2)
                 h, w = region.shape
@@ -207,7 +217,8 @@ _MAX_GRAPH_NODES = 500  # larger cores are path-searched on a sub-sampled grid (
 
 
 def _region_strokes(region: np.ndarray, dist: np.ndarray, d_max: float, rng: np.random.Generator, n_strokes: int,
-                    erosion: float, shrink: float, drop: float, wobble: float, step: int) -> list[np.ndarray]:
+                    erosion: float, shrink: float, drop: float, wobble: float, step: int, reach: float = 0.0,
+                    reach_rng: np.random.Generator | None = None) -> list[np.ndarray]:
     """1-pixel strokes (M×2 (row, col) pixels, before width dilation) for one region, in crop coordinates."""
     thr = max(1.0, erosion * d_max)
     core = dist >= thr
@@ -246,7 +257,42 @@ def _region_strokes(region: np.ndarray, dist: np.ndarray, d_max: float, rng: np.
             continue
         ctrl = _keep_middle(ctrl, shrink)
         strokes.append(_polyline(ctrl, region.shape))
+        if reach_rng is not None and reach_rng.random() < reach:
+            excursion = _excursion(region, dist, d_max, strokes[-1], reach_rng)
+            if excursion is not None:
+                strokes.append(_polyline(_wobble(excursion, reach_rng, wobble * thr, step), region.shape))
     return strokes
+
+
+_MAX_EXCURSION_NODES = 4000  # finer than the core search: thin parts must stay connected on the sub-sampled grid
+
+
+def _excursion(region: np.ndarray, dist: np.ndarray, d_max: float, stroke: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray | None:
+    """Path (M×2 pixels) from ``stroke`` towards the region pixel most remote from it, cut at 50–100 % of its length.
+
+    Remoteness is the depth-weighted path length of :func:`_ridge_graph` over the whole region, so the target is a
+    tip of a thin part and the path runs along its middle. None if the region has nothing reachable beyond the stroke.
+    """
+    f = max(1, int(np.ceil(np.sqrt(np.count_nonzero(region) / _MAX_EXCURSION_NODES))))
+    region_s, dist_s = region[::f, ::f], dist[::f, ::f]
+    graph, rows, cols = _ridge_graph(dist_s, region_s, d_max)
+    idx = np.full(region_s.shape, -1, dtype=np.int64)
+    idx[rows, cols] = np.arange(rows.size)
+    on_stroke = idx[np.clip(stroke[:, 0] // f, 0, region_s.shape[0] - 1),
+                    np.clip(stroke[:, 1] // f, 0, region_s.shape[1] - 1)]
+    sources = np.unique(on_stroke[on_stroke >= 0])
+    if sources.size == 0:
+        return None
+    d, pred, _ = dijkstra(graph, directed=True, indices=sources, return_predecessors=True, min_only=True)
+    d = np.where(np.isfinite(d), d, -1.0)
+    end = int(np.argmax(d))
+    if d[end] <= 0:
+        return None
+    nodes = _path(pred, end)
+    keep = max(2, int(round(len(nodes) * rng.uniform(0.5, 1.0))))
+    nodes = nodes[:keep]
+    return np.stack([rows[nodes], cols[nodes]], axis=1) * f
 
 
 def image_seed(seed: int, image_id: str) -> np.random.Generator:
