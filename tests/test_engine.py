@@ -205,6 +205,7 @@ def test_blpseg_cli_train_resume_and_eval(synth_root, tmp_path, capsys):
     log = (work / "train.log").read_text()
     assert "resumed from" in log and "it 3/4" in log and "self_training 1.0000" in log
     assert "self_training 0.0000" in log  # iterations 1–2 trained on the scribbles
+    assert "different settings" not in log   # a longer schedule is what resuming is for
     final = load_checkpoint(work / "model_final.pth")
     assert final["iteration"] == 4 and not any("lam" in k for k in final["model"])
     result = json.loads((work / "result.json").read_text())
@@ -213,6 +214,10 @@ def test_blpseg_cli_train_resume_and_eval(synth_root, tmp_path, capsys):
     assert main(["eval", "--ckpt", str(work / "model_final.pth"), "--out", str(out), "--scales", "0.75", "1.0",
                  "--flip"]) == 0
     assert json.loads((out / "metrics.json").read_text())["images"] == result["metrics"]["images"]
+    # resuming with other method settings is allowed but said loudly, naming the keys
+    assert main([*args, "--set", "schedule.iters=4", "--set", "method.gamma=1.0", "--resume"]) == 0
+    log = (work / "train.log").read_text()
+    assert "different settings" in log and "method.gamma: 2.0 → 1.0" in log and "schedule.iters" not in log
 
 
 @pytest.mark.slow

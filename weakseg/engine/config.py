@@ -402,5 +402,22 @@ def config_hash(obj) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: old → new`` for every leaf that differs between two config dicts (dotted keys; a key equal to or
+    under one of ``ignore`` is skipped). Used to warn when a run is resumed with different settings."""
+    def leaves(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(leaves(v, key + ".") if isinstance(v, dict) and v
+                       else {key: list(v) if isinstance(v, tuple) else v})
+        return out
+
+    a, b = leaves(old), leaves(new)
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys
+            if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]
+
+
 def resolve_work_dir(cfg: Config) -> Path:
     return Path(cfg.engine.work_dir) if cfg.engine.work_dir else Path("work_dirs") / cfg.name

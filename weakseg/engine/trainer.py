@@ -24,12 +24,17 @@ from weakseg.engine import builders
 from weakseg.engine.amp import autocast, autocast_dtype
 from weakseg.engine.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng,
                                        save_checkpoint)
-from weakseg.engine.config import Config, ConfigError, dump_yaml, resolve_work_dir, to_dict
+from weakseg.engine.config import Config, ConfigError, config_differences, dump_yaml, resolve_work_dir, to_dict
 from weakseg.engine.schedule import lr_factor
 from weakseg.utils import dist as wdist
 from weakseg.utils.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("weakseg")
+
+# config keys a resumed run may change without a warning
+_RESUME_MAY_CHANGE = ("name", "schedule.iters", "engine.work_dir", "engine.log_interval", "engine.ckpt_interval",
+                      "engine.eval_interval", "engine.keep_ckpts", "engine.tensorboard", "engine.device", "engine.threads",
+                      "data.num_workers", "eval")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,6 +281,12 @@ class Trainer:
         restore_rng(ckpt)
         self.start_iter = int(ckpt["iteration"])
         log.info("resumed from %s at iteration %d", path, self.start_iter)
+        # extending the schedule or changing logging is what resuming is for; anything else means the finished
+        # part of the run was trained with other settings than the ones asked for now
+        changed = config_differences(ckpt.get("config") or {}, to_dict(self.cfg), ignore=_RESUME_MAY_CHANGE)
+        if changed:
+            log.warning("%s was trained with different settings than the current config (resuming anyway; use "
+                        "another engine.work_dir for a fresh run): %s", path, "; ".join(changed))
 
     def save(self, iteration: int, final: bool = False) -> Path:
         path = self.work_dir / "model_final.pth" if final else self.ckpt_dir / f"iter_{iteration:07d}.pth"
