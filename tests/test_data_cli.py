@@ -34,6 +34,12 @@ def test_synth_simulate_and_image_labels(tmp_path, capsys):
     sim = read_label(root / "sim" / f"{train[0]}.png")
     lab = read_label(root / "SegmentationClass" / f"{train[0]}.png")
     assert (sim[sim != 255] == lab[sim != 255]).all() and (sim != 255).any()
+    # --reach adds excursions to the same strokes: a superset of the pixels, still on their own class
+    rc, out, _ = run(["simulate-scribbles", "--root", str(root), "--list", "ImageSets/Segmentation/train.txt",
+                      "--out", "sim-reach", "--shrink", "0.3", "--seed", "2", "--width", "1", "--reach", "1"], capsys)
+    assert rc == 0
+    reach = read_label(root / "sim-reach" / f"{train[0]}.png")
+    assert ((sim != 255) <= (reach != 255)).all() and (reach[reach != 255] == lab[reach != 255]).all()
     rc, out, _ = run(["image-labels", "--root", str(root), "--list", "ImageSets/Segmentation/val.txt",
                       "--source", "label", "--out", str(tmp_path / "tags.json")], capsys)
     assert rc == 0 and out.startswith("image-labels: 1 ids from label, 0 skipped")
