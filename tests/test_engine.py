@@ -164,19 +164,24 @@ def test_empty_train_list_is_an_error(synth_root, tmp_path):
         Trainer(cfg)
 
 
+def torchrun_train(preset: Path, port: int, sets: list[str]) -> None:
+    """`torchrun --nproc_per_node=2 -m weakseg train PRESET --set …` on CPU (gloo); fails with the ranks' stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "weakseg", "train", str(preset)]
+    for s in [*sets, "engine.device=cpu"]:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_cpu(synth_root, tmp_path):
     """torchrun with 2 CPU ranks (gloo): global batch split, identical weights, sharded evaluation."""
     work = tmp_path / "ddp"
-    preset = ROOT / "configs/full/full_mnv2-os32-uper_b8-300i_synth-96.yaml"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "weakseg", "train", str(preset)]
-    for s in [f"data.root={synth_root}", f"engine.work_dir={work}", *TINY, "schedule.iters=3",
-              "engine.ckpt_interval=2", "engine.device=cpu"]:
-        cmd += ["--set", s]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(ROOT / "configs/full/full_mnv2-os32-uper_b8-300i_synth-96.yaml", 29533,
+                   [f"data.root={synth_root}", f"engine.work_dir={work}", *TINY, "schedule.iters=3",
+                    "engine.ckpt_interval=2"])
     log = (work / "train.log").read_text()
     assert "on 2 cpu rank(s)" in log
     result = json.loads((work / "result.json").read_text())
@@ -224,14 +229,8 @@ def test_blpseg_cli_train_resume_and_eval(synth_root, tmp_path, capsys):
 def test_blpseg_ddp_two_processes_cpu(synth_root, tmp_path):
     """torchrun, 2 CPU ranks: BLPSeg's three branches (seg, detached annotation head, LAM embedding) all sync."""
     work = tmp_path / "blp-ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",
-           "-m", "weakseg", "train", str(BLPSEG_PRESET)]
-    for s in [f"data.root={synth_root}", f"engine.work_dir={work}", *BLPSEG_TINY, "schedule.iters=3",
-              "engine.ckpt_interval=3", "engine.device=cpu"]:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(BLPSEG_PRESET, 29537, [f"data.root={synth_root}", f"engine.work_dir={work}", *BLPSEG_TINY,
+                                          "schedule.iters=3", "engine.ckpt_interval=3"])
     log = (work / "train.log").read_text()
     assert "on 2 cpu rank(s)" in log
     # the logged values are running means (0.9/0.1): > 0 at iteration 3 only if the switch happened there
