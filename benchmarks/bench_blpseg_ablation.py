@@ -11,8 +11,9 @@ the nearest scribble pixel), where the label preference hurts most. Datasets:
     horse-reach  the same horses and strokes, plus excursions into thin parts for 30 % of the strokes
                  (``simulate_scribbles(reach=0.3)``: thin parts annotated rarely instead of never)
 
-Results are merged into benchmarks/results/blpseg_ablation.json (rows of other datasets/runs are kept) and the
-whole table is rewritten to blpseg_ablation.md. Run from the repository root:
+Results are merged into benchmarks/results/blpseg_ablation.json (rows of other datasets/runs are kept); the whole
+table is rewritten to blpseg_ablation.md and into README.md between the markers ``<!-- ablation-table -->`` and
+``<!-- /ablation-table -->``. Run from the repository root:
 
     python benchmarks/bench_blpseg_ablation.py [--datasets synth horse horse-reach] [--runs NAME ...] [--iters N]
 """
@@ -142,8 +143,15 @@ def main() -> None:
                                                            for r in RUNS)}
     results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], len(order))))
     write_json_atomic(out.with_suffix(".json"), results)
-    write_text_atomic(out.with_suffix(".md"), markdown_table(results))
-    print(markdown_table(results))
+    table = markdown_table(results)
+    write_text_atomic(out.with_suffix(".md"), table)
+    readme = ROOT / "README.md"
+    start, end = "<!-- ablation-table -->\n", "<!-- /ablation-table -->"
+    text = readme.read_text(encoding="utf-8")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
+    print(table)
     print(json.dumps({"written": str(out.with_suffix(".json"))}))
 
 
