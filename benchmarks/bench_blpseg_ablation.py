@@ -13,7 +13,7 @@ the nearest scribble pixel), where the label preference hurts most. Datasets:
 
 Results are merged into benchmarks/results/blpseg_ablation.json (rows of other datasets/runs are kept); the whole
 table is rewritten to blpseg_ablation.md and into README.md between the markers ``<!-- ablation-table -->`` and
-``<!-- /ablation-table -->``. Run from the repository root:
+``<!-- /ablation-table -->`` (only with the default ``--out``). Run from the repository root:
 
     python benchmarks/bench_blpseg_ablation.py [--datasets synth horse horse-reach] [--runs NAME ...] [--iters N]
 """
@@ -47,6 +47,7 @@ RUNS = [  # (row name, work-dir tag, preset kind, overrides; {st60} = 60 % of th
     # off because at these budgets it confirms the immature network's mistakes (this row measures that)
     ("BLPSeg + self-training from 60 %", "blpseg-st60", "blpseg", ["method.self_training_start={st60}"]),
 ]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "blpseg_ablation"
 REACH = 0.3  # horse-reach: probability of an excursion into a thin part per stroke
 
 PRESETS = {
@@ -105,7 +106,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="training seeds per row (engine.seed); the table shows the mean and each seed's value")
     ap.add_argument("--work", default="work_dirs/bench", help="work folder")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blpseg_ablation"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="results path without suffix (README updated only for "
+                                                           "the default)")
     args = ap.parse_args()
     work = Path(args.work)
     out = Path(args.out)
@@ -148,7 +150,8 @@ def main() -> None:
     readme = ROOT / "README.md"
     start, end = "<!-- ablation-table -->\n", "<!-- /ablation-table -->"
     text = readme.read_text(encoding="utf-8")
-    if start in text and end in text:
+    # side experiments (--out elsewhere) leave the README alone
+    if out.resolve() == DEFAULT_OUT.resolve() and start in text and end in text:
         head, rest = text.split(start, 1)
         write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
     print(table)
