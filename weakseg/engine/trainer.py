@@ -33,8 +33,8 @@ log = logging.getLogger("weakseg")
 
 # config keys a resumed run may change without a warning
 _RESUME_MAY_CHANGE = ("name", "schedule.iters", "engine.work_dir", "engine.log_interval", "engine.ckpt_interval",
-                      "engine.eval_interval", "engine.keep_ckpts", "engine.tensorboard", "engine.device", "engine.threads",
-                      "data.num_workers", "eval")
+                      "engine.eval_interval", "engine.keep_ckpts", "engine.tensorboard", "engine.device",
+                      "engine.threads", "data.num_workers", "eval")
 
 
 # ----------------------------------------------------------------------------------------------------------------
