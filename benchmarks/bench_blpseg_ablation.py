@@ -147,15 +147,19 @@ def main() -> None:
     write_json_atomic(out.with_suffix(".json"), results)
     table = markdown_table(results)
     write_text_atomic(out.with_suffix(".md"), table)
-    readme = ROOT / "README.md"
-    start, end = "<!-- ablation-table -->\n", "<!-- /ablation-table -->"
-    text = readme.read_text(encoding="utf-8")
-    # side experiments (--out elsewhere) leave the README alone
-    if out.resolve() == DEFAULT_OUT.resolve() and start in text and end in text:
-        head, rest = text.split(start, 1)
-        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
+    if out.resolve() == DEFAULT_OUT.resolve():  # side experiments (--out elsewhere) leave the README alone
+        update_readme_table(ROOT / "README.md", table)
     print(table)
     print(json.dumps({"written": str(out.with_suffix(".json"))}))
+
+
+def update_readme_table(readme: Path, table: str) -> None:
+    """Replace what lies between ``<!-- ablation-table -->`` and ``<!-- /ablation-table -->`` (if both are there)."""
+    start, end = "<!-- ablation-table -->\n", "<!-- /ablation-table -->"
+    text = readme.read_text(encoding="utf-8")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
 
 
 def markdown_table(results: dict) -> str:
