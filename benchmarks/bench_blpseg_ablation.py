@@ -130,6 +130,9 @@ def main() -> None:
             preset = ROOT / "configs" / PRESETS[dataset.split("-")[0]][kind]
             iters = args.iters or load_config(preset).schedule.iters
             per_seed = []
+            earlier = results.get(f"{dataset}/{name}", {})
+            earlier_minutes = {r["seed"]: r.get("minutes") for r in earlier.get("seeds", [])
+                               if earlier.get("iters") == iters}
             for seed in args.seeds:
                 run_dir = work / (f"{dataset}-{tag}" + (f"-seed{seed}" if seed else ""))
                 sets = [f"data.root={root}", f"data.scribble_dir={scribbles}", f"engine.work_dir={run_dir}",
@@ -137,9 +140,12 @@ def main() -> None:
                 if args.iters:
                     sets += [f"schedule.iters={args.iters}"]
                 cfg = load_config(preset, sets)
+                finished = (run_dir / "model_final.pth").exists()  # then train() only evaluates again
                 t0 = time.time()
                 res = train(cfg, resume=True)
                 minutes = (time.time() - t0) / 60
+                if finished and earlier_minutes.get(seed) is not None:
+                    minutes = earlier_minutes[seed]  # keep the training time, not the re-evaluation's
                 ids = (Path(root) / cfg.data.val_list).read_text().split()
                 quarters = distance_quartile_miou(Path(root), Path(scribbles), run_dir / "eval" / "predictions", ids,
                                                   len(res["metrics"]["iou"]))
