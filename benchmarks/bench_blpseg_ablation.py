@@ -90,7 +90,8 @@ def distance_quartile_miou(root: Path, scribble_dir: Path, pred_dir: Path, ids: 
 
     Per image, the distance d of every pixel to the nearest scribble pixel splits its labelled pixels at the
     quartiles q25, q50, q75 of d: quarter k holds q_k ≤ d < q_(k+1) (q0 = 0, q100 = ∞), so the last entry is the
-    "far" mIoU (d ≥ q75). Confusion matrices are summed over the images of each quarter.
+    "far" mIoU (d ≥ q75). Quarters are equal in size up to ties in d. Confusion matrices are summed over the images
+    of each quarter.
     """
     cms = [ConfusionMatrix(num_classes) for _ in range(4)]
     for i in ids:
