@@ -38,9 +38,11 @@ def test_markdown_table_quarters_and_seeds(bench):
     results = {
         "horse/BLPSeg": {"dataset": "horse", "run": "BLPSeg", "iters": 150, "miou": 0.8, "miou_far": 0.6,
                          "miou_quarters": [0.9, 0.8, 0.7, 0.6],
-                         "seeds": [{"seed": 0, "miou": 0.79, "miou_far": 0.61}, {"seed": 1, "miou": 0.81, "miou_far": 0.59}]},
+                         "seeds": [{"seed": 0, "miou": 0.79, "miou_far": 0.61},
+                                   {"seed": 1, "miou": 0.81, "miou_far": 0.59}]},
         "horse/partial CE": {"dataset": "horse", "run": "partial CE", "iters": 150, "miou": 0.7, "miou_far": 0.5},
     }
     lines = bench.markdown_table(results).splitlines()
-    assert lines[2] == "| horse | BLPSeg | 150 | 2 | 80.00 (79.0 / 81.0) | 60.00 (61.0 / 59.0) | 90.0 / 80.0 / 70.0 / 60.0 |"
+    assert lines[2] == ("| horse | BLPSeg | 150 | 2 | 80.00 (79.0 / 81.0) | 60.00 (61.0 / 59.0) | "
+                        "90.0 / 80.0 / 70.0 / 60.0 |")
     assert lines[3] == "| horse | partial CE | 150 | 1 | 70.00 | 50.00 | – |"  # an old row without the breakdown
