@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{args.list or cfg.data.val_list}: empty evaluation list")
     method.to(device)
     metrics = evaluate(method, dataset, cfg.eval, meta, out, device, mean=cfg.data.mean, std=cfg.data.std,
-                       amp_dtype=autocast_dtype(cfg.engine.amp, device), crf_workers=args.crf_workers)
+                       amp_dtype=autocast_dtype(cfg.eval.amp, device), crf_workers=args.crf_workers)
     if wdist.is_main():
         print(f"mIoU {100 * metrics['miou']:.2f} over {metrics['images']} images; report: {out / 'report.md'}")
     return 0
@@ -98,7 +98,7 @@ def cmd_predict(args) -> int:
     setup_logging(None)
     method.to(device)
     counts = predict_images(method, meta, args.inputs, Path(args.out), ev=cfg.eval, mean=cfg.data.mean,
-                            std=cfg.data.std, device=device, amp_dtype=autocast_dtype(cfg.engine.amp, device),
+                            std=cfg.data.std, device=device, amp_dtype=autocast_dtype(cfg.eval.amp, device),
                             batch_size=args.batch_size, save_overlay=args.overlay, save_probs=args.probs,
                             crf_workers=args.crf_workers, overwrite=args.overwrite)
     print(f"{counts['done']} predicted, {counts['skipped']} already done; output: {args.out}")

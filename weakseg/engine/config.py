@@ -119,6 +119,7 @@ class EvalConfig:
     save_predictions: bool = True  # write palette PNGs of the predictions
     save_overlays: int = 8  # number of overlay pictures to write (0 = none)
     batch_size: int = 1  # images per forward pass (same-size images only)
+    amp: str = "none"  # autocast of evaluation, prediction and the inference stages: none (fp32) | auto | bf16 | fp16
 
 
 @dataclass

@@ -77,7 +77,7 @@ def run_pipeline(cfg: Config, from_stage: str | None = None, only: list[str] | N
     if wdist.is_main():
         write_text_atomic(work_dir / "config.yaml", dump_yaml(cfg))
     meta = builders.dataset_meta(cfg)
-    amp_dtype = autocast_dtype(cfg.engine.amp, device)
+    amp_dtype = autocast_dtype(cfg.eval.amp, device)  # inference stages: fp32 unless eval.amp asks
 
     def evaluate_fn(method, dataset, out_dir: Path) -> dict:
         method.to(device)

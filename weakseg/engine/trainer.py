@@ -391,7 +391,8 @@ class Trainer:
         ev = dataclasses.replace(self.cfg.eval, save_predictions=save and self.cfg.eval.save_predictions,
                                  save_overlays=self.cfg.eval.save_overlays if save else 0)
         return evaluate(self.method, dataset, ev, self.meta, out_dir, self.device, mean=self.cfg.data.mean,
-                        std=self.cfg.data.std, amp_dtype=self.amp_dtype, channels_last=self.cfg.engine.channels_last)
+                        std=self.cfg.data.std, amp_dtype=autocast_dtype(self.cfg.eval.amp, self.device),
+                        channels_last=self.cfg.engine.channels_last)
 
 
 def train(cfg: Config, resume: bool | str = False, evaluate_after: bool = True) -> dict:
