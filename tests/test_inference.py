@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from weakseg.engine.inference import infer_probs, slide_logits
+from weakseg.modules.inference import infer_probs, slide_logits
 
 
 def conv_model(seed=0):

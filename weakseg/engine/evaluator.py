@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from weakseg.data.meta import DatasetMeta
 from weakseg.engine.amp import autocast
-from weakseg.engine.inference import infer_probs
+from weakseg.modules.inference import infer_probs
 from weakseg.engine.report import metrics_markdown, overlay, picture_grid, colorize
 from weakseg.utils import dist as wdist
 from weakseg.utils.io import save_image, save_label_png, write_json_atomic, write_text_atomic

@@ -13,7 +13,7 @@ import torch
 from weakseg.data.meta import DatasetMeta
 from weakseg.engine.amp import autocast
 from weakseg.engine.evaluator import CRFPool
-from weakseg.engine.inference import infer_probs
+from weakseg.modules.inference import infer_probs
 from weakseg.engine.report import overlay
 from weakseg.utils.io import DataError, atomic_path, read_rgb, save_image, save_label_png
 

@@ -1,4 +1,5 @@
-"""Test-time inference: multi-scale + flip averaging and sliding-window prediction.
+"""Test-time inference (below methods/ so that stages and the engine share it): multi-scale + flip averaging and
+sliding-window prediction.
 
 ``predict_fn`` maps N×3×h×w normalised images to N×C×h×w logits at the same resolution (``Method.predict``).
 """
