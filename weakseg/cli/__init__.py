@@ -7,6 +7,7 @@
     weakseg predict IMAGE_OR_DIR... --ckpt CKPT --out DIR [--crf PRESET] [--overlay] [--probs]
     weakseg export --ckpt CKPT --onnx FILE
     weakseg demo [--out DIR]
+    weakseg annotate IMAGES --classes classes.txt --out LABELS [--ckpt CKPT]
 """
 
 from __future__ import annotations
@@ -202,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="work_dirs/demo", help="output folder (default work_dirs/demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
+
+    from weakseg.annotate.cli import add_annotate_command
+
+    add_annotate_command(sub)
     return parser
 
 
