@@ -6,9 +6,20 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP   := $(VENV)/.weakseg-installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean browser
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Chromium + its driver for the annotation page's browser test (Debian packages; skipped without apt, never fatal:
+# the test then skips with the reason)
+browser:
+	@if { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; \
+	then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; } \
+	        || echo "chromium not installed: the browser test of weakseg annotate will be skipped"; \
+	else echo "no apt-get: install chromium and chromium-driver to run the browser test of weakseg annotate"; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +35,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/weakseg demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
