@@ -317,6 +317,30 @@ class LabelStore:
         merged = np.where(strokes != IGNORE, strokes, base).astype(np.uint8)
         self.save(sid, merged, self.entries[sid].tags)
 
+    def import_scribbles(self, items: list, line_width: int = 1) -> tuple[int, int, list[str]]:
+        """Draw the scribbles of a CVAT / Label Studio export (:mod:`weakseg.data.scribble_import`) on top of the
+        existing ones. Returns (images imported, images without scribbles, problems "<image>: <reason>"); an image
+        with a problem (unknown name or label, wrong declared size) is left unchanged."""
+        from weakseg.data.scribble_import import rasterize_import, resolve_id
+
+        table = {name: i for i, name in enumerate(self.meta.classes)}
+        n_ok, n_empty, problems = 0, 0, []
+        for item in items:
+            sid = resolve_id(item, self.images)
+            if sid is None:
+                problems.append(f"{item.name}: no image {item.stem!r} among the {len(self.images)} images")
+                continue
+            if not item.strokes:
+                n_empty += 1
+                continue
+            try:
+                self.merge_scribble(sid, rasterize_import(item, *self.size(sid), table, line_width))
+            except DataError as exc:
+                problems.append(str(exc))
+                continue
+            n_ok += 1
+        return n_ok, n_empty, problems
+
     # ------------------------------------------------------------------------------------------------------------
     def _write_state(self) -> None:
         write_json_atomic(self.out / STATE_FILE, {

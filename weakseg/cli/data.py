@@ -9,6 +9,8 @@ Sub-commands (each prints a one-line summary: counts, skipped files, output path
 * ``synth``: the synthetic scribble benchmark.
 * ``image-labels``: image-level labels ``{id: [class ids]}`` from XML, dense masks or scribbles.
 * ``saliency``: U²-Net-p saliency maps (8-bit PNGs) for SBE, resumable.
+* ``coco``: MS COCO instance JSON → 81-class label PNGs (255 = crowd), train/val id lists and image-level tags.
+* ``import-scribbles``: strokes and points of a CVAT XML / Label Studio JSON export → a ``weakseg annotate`` folder.
 """
 
 from __future__ import annotations
@@ -102,6 +104,20 @@ def cmd_image_labels(args: argparse.Namespace) -> int:
     return 0 if labels or not problems else 1
 
 
+def cmd_import_scribbles(args: argparse.Namespace) -> int:
+    from weakseg.annotate.store import open_store
+    from weakseg.data.scribble_import import read_export
+
+    items = read_export(args.export, args.format)
+    store, _ = open_store(args.images, args.out, args.classes, ext=args.ext, list_file=args.list)
+    n_ok, n_empty, problems = store.import_scribbles(items, line_width=args.line_width)
+    _print_problems(problems)
+    ignored = sum(item.ignored for item in items)
+    print(f"import-scribbles: {n_ok} images imported, {n_empty} without scribbles, {len(problems)} skipped, "
+          f"{ignored} non-scribble shapes ignored (line width {args.line_width}) -> {store.out}")
+    return 0 if n_ok or not problems else 1
+
+
 def cmd_saliency(args: argparse.Namespace) -> int:
     import time
 
@@ -117,6 +133,23 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
     print(f"saliency: {written} written, {len(ids) - written} already there ({len(ids)} ids, U2-Net-p) in "
           f"{time.perf_counter() - t0:.1f} s -> {out}")
+    return 0
+
+
+def cmd_coco(args: argparse.Namespace) -> int:
+    import time
+
+    from weakseg.data.coco import convert_coco
+
+    t0 = time.perf_counter()
+    results = convert_coco(args.root, splits=tuple(args.splits), year=args.year, label_dir=args.label_dir,
+                           tags=args.tags, force=args.force)
+    for split, res in results.items():
+        _print_problems(res.problems)
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(res.skipped.items())) or "none"
+        print(f"coco {split}{args.year}: {len(res.ids)} ids, {res.written} label PNGs written, skipped: {skipped}")
+    print(f"coco: done in {time.perf_counter() - t0:.1f} s -> {Path(args.root) / args.label_dir}, "
+          f"{Path(args.root) / 'ImageSets/Segmentation'}, {args.tags}, classes.txt")
     return 0
 
 
@@ -191,6 +224,26 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-ext", default=".jpg", help="image suffix")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime CPU threads (default: its choice)")
     p.set_defaults(func=cmd_saliency)
+
+    p = sub.add_parser("import-scribbles", help="CVAT XML / Label Studio JSON strokes -> a weakseg annotate folder")
+    p.add_argument("export", help="CVAT 'for images' annotations.xml or Label Studio JSON export")
+    p.add_argument("--images", required=True, help="the image folder (ids are file stems; sizes are checked)")
+    p.add_argument("--out", required=True, help="annotation folder (as for weakseg annotate --out)")
+    p.add_argument("--classes", help="class names, background first (optional when OUT/classes.txt exists)")
+    p.add_argument("--format", choices=("cvat", "label-studio"), help="default: from the suffix (.xml / .json)")
+    p.add_argument("--line-width", type=int, choices=(1, 3), default=1, help="1 = BLPSeg, 3 = rloss/CDSP")
+    p.add_argument("--list", help="only these ids of the image folder")
+    p.add_argument("--ext", help="image suffix when the folder mixes several")
+    p.set_defaults(func=cmd_import_scribbles)
+
+    p = sub.add_parser("coco", help="COCO instances JSON -> 81-class label PNGs, id lists, image-level tags")
+    p.add_argument("--root", required=True, help="COCO root: annotations/instances_<split><year>.json, <split><year>/")
+    p.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert")
+    p.add_argument("--year", default="2014", choices=("2014", "2017"))
+    p.add_argument("--label-dir", default="SegmentationClass", help="label folder under --root")
+    p.add_argument("--tags", default="tags.json", help="image-level tags JSON (relative to --root or absolute)")
+    p.add_argument("--force", action="store_true", help="rewrite label PNGs that exist already")
+    p.set_defaults(func=cmd_coco)
 
 
 def run_data_command(args: argparse.Namespace) -> int:
