@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from weakseg.models.backbones.base import OUTPUT_STRIDES, Backbone, FeatureInfo, check_output_stride
 from weakseg.models.backbones.efficientnet_lite import EfficientNetLite0
@@ -36,7 +36,7 @@ def unknown_name_error(kind: str, name: str, known: list[str]) -> ValueError:
 
 
 def build_backbone(name: str, *, pretrained: str | Path | None = None, output_stride: int = 32, norm: str = "bn",
-                   frozen_stages: int = -1, dilated: bool = True) -> Backbone:
+                   frozen_stages: int = -1, dilated: bool = True, options: dict[str, Any] | None = None) -> Backbone:
     """Build a backbone by name.
 
     Args:
@@ -48,6 +48,8 @@ def build_backbone(name: str, *, pretrained: str | Path | None = None, output_st
         frozen_stages: freeze the stem and the first k stages (requires_grad False, BN frozen); −1 freezes
             nothing. The CAM network of spec §4.2 uses 2 (conv1/bn1, layer1 and layer2 get no gradient).
         dilated: False keeps the stride-1 stages undilated (IRN's ResNet-50 with strides (2, 2, 2, 1)).
+        options: further architecture options of that constructor (ResNet: ``multi_grid``, ``stride_in_1x1``,
+            ``dilate_first_block``); an option the backbone does not have raises TypeError.
 
     Returns:
         The backbone; ``forward(x)`` returns four maps described by ``feature_info``.
@@ -64,7 +66,7 @@ def build_backbone(name: str, *, pretrained: str | Path | None = None, output_st
     if norm not in NORM_NAMES:
         raise unknown_name_error("norm", norm, list(NORM_NAMES))
     check_pretrained(name, pretrained)
-    backbone = BACKBONES[name](output_stride=output_stride, norm=norm, dilated=dilated)
+    backbone = BACKBONES[name](output_stride=output_stride, norm=norm, dilated=dilated, **(options or {}))
     load_pretrained(backbone, name, pretrained)
     backbone.freeze_stages(frozen_stages)
     return backbone

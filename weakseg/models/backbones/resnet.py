@@ -8,9 +8,16 @@ Attribute names are exactly torchvision's (``conv1``, ``bn1``, ``layer1``..``lay
 
 Maps: layer1..layer4 at strides 4, 8, 16, 32 (dilated past ``output_stride``); channels 64/128/256/512 for
 BasicBlock nets, 256/512/1024/2048 for Bottleneck nets.
+
+Options of the DeepLab-v2 / CDSP layout (spec §3.2), all off by default: ``stride_in_1x1`` (Caffe-style Bottleneck,
+the stride on the first 1×1 convolution; the weights keep their names), ``dilate_first_block`` (the first block of
+a dilated stage already uses the stage's dilation instead of the previous one) and ``multi_grid`` (the blocks of
+layer4 use the stage dilation × these factors, e.g. (1, 2, 4) at output stride 8 → dilations 4, 8, 16).
 """
 
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -78,22 +85,24 @@ class Bottleneck(nn.Module):
     Args:
         in_channels: input channels.
         planes: bottleneck width; output channels = 4·planes.
-        stride: stride of the 3×3 convolution.
+        stride: stride of the 3×3 convolution (of the first 1×1 convolution with ``stride_in_1x1``).
         downsample: projection of the identity when shape changes, or None.
         first_dilation: dilation of the 3×3 convolution (a Bottleneck has only one).
         dilation: unused by this block type (kept so both block types share one signature).
         norm: norm name.
+        stride_in_1x1: Caffe-style block (original ResNet / DeepLab-v2 / CDSP): the stride sits on the 1×1 conv.
     """
 
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 first_dilation: int = 1, dilation: int = 1, norm: str = "bn"):
+                 first_dilation: int = 1, dilation: int = 1, norm: str = "bn", stride_in_1x1: bool = False):
         super().__init__()
         out_channels = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, stride=stride_1x1, bias=False)
         self.bn1 = make_norm(norm, planes)
-        self.conv2 = _conv3x3(planes, planes, stride, first_dilation)
+        self.conv2 = _conv3x3(planes, planes, stride_3x3, first_dilation)
         self.bn2 = make_norm(norm, planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels)
@@ -118,13 +127,26 @@ class ResNet(Backbone):
         norm: norm name (bn, syncbn, frozen_bn, fixed_bn, gn).
         deep_stem: PyTorch-Encoding's three-conv stem (128 channels out) instead of the 7×7 convolution.
         dilated: dilate the stages that give up their stride (False: IRN-style stride 1 without dilation).
+        multi_grid: per-block factors of layer4's dilation (DeepLab-v3 multi-grid; CDSP: (1, 2, 4) at output
+            stride 8 → 4, 8, 16); one factor per layer4 block; None = every block uses the stage dilation.
+        stride_in_1x1: Caffe-style Bottleneck (stride on the first 1×1 conv); Bottleneck nets only.
+        dilate_first_block: the first block of a stage that gives up its stride is dilated like the others
+            (DeepLab-v2 / CDSP) instead of keeping the previous dilation (torchvision).
     """
 
     remap_checkpoint = staticmethod(remap_resnet_checkpoint)
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], *,
-                 output_stride: int = 32, norm: str = "bn", deep_stem: bool = False, dilated: bool = True):
+                 output_stride: int = 32, norm: str = "bn", deep_stem: bool = False, dilated: bool = True,
+                 multi_grid: Sequence[int] | None = None, stride_in_1x1: bool = False,
+                 dilate_first_block: bool = False):
         super().__init__()
+        if multi_grid is not None and (len(multi_grid) != layers[3] or any(int(g) != g or g < 1 for g in multi_grid)):
+            raise ValueError(f"multi_grid must give one positive integer per layer4 block ({layers[3]}), "
+                             f"got {tuple(multi_grid)}")
+        if stride_in_1x1 and block is not Bottleneck:
+            raise ValueError("stride_in_1x1 applies to Bottleneck ResNets (50/101) only")
+        block_options = {"stride_in_1x1": True} if stride_in_1x1 else {}
         plan = StridePlan(output_stride, dilated)
         if deep_stem:
             self.conv1 = nn.Sequential(
@@ -144,13 +166,19 @@ class ResNet(Backbone):
         self.stage_modules = [["conv1", "bn1"]]
         for index, (planes, num_blocks, nominal_stride) in enumerate(zip((64, 128, 256, 512), layers, (1, 2, 2, 2))):
             stride, first_dilation, dilation = plan.step(nominal_stride)
+            # (first, second) conv dilation of each block; a Bottleneck has one dilated conv and uses the first
+            pairs = [(first_dilation, dilation)] + [(dilation, dilation)] * (num_blocks - 1)
+            if dilate_first_block:
+                pairs[0] = (dilation, dilation)
+            if index == 3 and multi_grid is not None:
+                pairs = [(dilation * int(g), dilation * int(g)) for g in multi_grid]
             out_channels = planes * block.expansion
             downsample = None
             if stride != 1 or in_channels != out_channels:
                 downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                                            make_norm(norm, out_channels))
-            blocks = [block(in_channels, planes, stride, downsample, first_dilation, dilation, norm)]
-            blocks += [block(out_channels, planes, 1, None, dilation, dilation, norm) for _ in range(num_blocks - 1)]
+            blocks = [block(in_channels, planes, stride, downsample, *pairs[0], norm, **block_options)]
+            blocks += [block(out_channels, planes, 1, None, *pair, norm, **block_options) for pair in pairs[1:]]
             name = f"layer{index + 1}"
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_modules.append([name])
@@ -168,24 +196,24 @@ class ResNet(Backbone):
         return features
 
 
-def resnet18(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+def resnet18(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True, **options: Any) -> ResNet:
     """ResNet-18 (BasicBlock, 2-2-2-2); arguments as in :class:`ResNet`."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), output_stride=output_stride, norm=norm, dilated=dilated)
+    return ResNet(BasicBlock, (2, 2, 2, 2), output_stride=output_stride, norm=norm, dilated=dilated, **options)
 
 
-def resnet34(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+def resnet34(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True, **options: Any) -> ResNet:
     """ResNet-34 (BasicBlock, 3-4-6-3); arguments as in :class:`ResNet`."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), output_stride=output_stride, norm=norm, dilated=dilated)
+    return ResNet(BasicBlock, (3, 4, 6, 3), output_stride=output_stride, norm=norm, dilated=dilated, **options)
 
 
-def resnet50(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+def resnet50(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True, **options: Any) -> ResNet:
     """ResNet-50 (Bottleneck, 3-4-6-3); arguments as in :class:`ResNet`."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), output_stride=output_stride, norm=norm, dilated=dilated)
+    return ResNet(Bottleneck, (3, 4, 6, 3), output_stride=output_stride, norm=norm, dilated=dilated, **options)
 
 
-def resnet101(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:
+def resnet101(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True, **options: Any) -> ResNet:
     """ResNet-101 (Bottleneck, 3-4-23-3); arguments as in :class:`ResNet`."""
-    return ResNet(Bottleneck, (3, 4, 23, 3), output_stride=output_stride, norm=norm, dilated=dilated)
+    return ResNet(Bottleneck, (3, 4, 23, 3), output_stride=output_stride, norm=norm, dilated=dilated, **options)
 
 
 def resnet101s(*, output_stride: int = 32, norm: str = "bn", dilated: bool = True) -> ResNet:

@@ -10,15 +10,17 @@ from typing import Callable
 
 import torch.nn as nn
 
+from weakseg.models.heads.aspp_c import ASPPClassHead
 from weakseg.models.heads.deeplabv2 import DeepLabV2Head
 from weakseg.models.heads.deeplabv3plus import ASPP, DeepLabV3PlusHead
 from weakseg.models.heads.uper import UPerDecoder, UPerHead
 
 # name → constructor(feature_info, num_classes, **head options)
 HEADS: dict[str, Callable[..., nn.Module]] = {
+    "aspp_c": ASPPClassHead,
     "deeplabv2": DeepLabV2Head,
     "deeplabv3plus": DeepLabV3PlusHead,
     "uper": UPerHead,
 }
 
-__all__ = ["ASPP", "HEADS", "DeepLabV2Head", "DeepLabV3PlusHead", "UPerDecoder", "UPerHead"]
+__all__ = ["ASPP", "ASPPClassHead", "HEADS", "DeepLabV2Head", "DeepLabV3PlusHead", "UPerDecoder", "UPerHead"]
