@@ -21,7 +21,9 @@ VALID = "valid"          # H×W uint8, 1 = real image pixel, 0 = padding added b
 PSEUDO = "pseudo"        # H×W uint8 pseudo-mask, 255 = ignore
 SALIENCY = "saliency"    # H×W float32 in [0, 1]
 BOUNDARY = "boundary"    # H×W uint8 boundary-label codes (BES/SBE), 255 = padding
-DISTANCE = "distance"    # H×W uint8/float distance maps (CDSP), 255 = padding
+DISTANCE = "distance"    # H×W uint8/float distance map, 0 = padding (weight 0: padding never supervises)
+DIST_SCRIBBLE = "dist_scribble"  # H×W uint8 CDSP scribble distance map D_s (255 on strokes), 0 = padding
+DIST_PSEUDO = "dist_pseudo"      # H×W uint8 CDSP pseudo-label boundary distance map D_c, 0 = padding
 CAM = "cam"              # K×H×W float32 class activation maps
 ID = "id"                # str image id
 ORIG_SIZE = "orig_size"  # (H, W) of the image as read from disk
@@ -35,7 +37,11 @@ POLICY: dict[str, tuple[str, float]] = {
     PSEUDO: ("nearest", 255),
     SALIENCY: ("bilinear", 0.0),
     BOUNDARY: ("nearest", 255),
-    DISTANCE: ("nearest", 255),
+    # distance maps weight a loss: padding and rotated-in pixels get weight 0 (the CDSP reference's 255 gave them
+    # full weight, spec §3.10(8))
+    DISTANCE: ("nearest", 0),
+    DIST_SCRIBBLE: ("nearest", 0),
+    DIST_PSEUDO: ("nearest", 0),
     CAM: ("bilinear", 0.0),
 }
 

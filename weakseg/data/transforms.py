@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from weakseg.data import keys as K
 
@@ -31,7 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # keys whose integer maps become int64 tensors (class ids / codes); float maps become float32 tensors
-INT_KEYS = (K.LABEL, K.SCRIBBLE, K.PSEUDO, K.BOUNDARY, K.DISTANCE, K.VALID)
+INT_KEYS = (K.LABEL, K.SCRIBBLE, K.PSEUDO, K.BOUNDARY, K.DISTANCE, K.DIST_SCRIBBLE, K.DIST_PSEUDO, K.VALID)
 
 _PIL_MODES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
@@ -330,6 +331,109 @@ class RandomHFlip:
         return f"RandomHFlip(p={self.p})"
 
 
+def _rotate_2d(arr: np.ndarray, angle: float, nearest: bool, fill: float) -> np.ndarray:
+    """Rotate one H×W map by ``angle`` degrees (counter-clockwise, about the image centre, same size)."""
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    if arr.dtype == np.uint8:
+        img = Image.fromarray(np.ascontiguousarray(arr), mode="L")
+        return np.asarray(img.rotate(angle, resample=resample, fillcolor=int(fill)))
+    # any other dtype goes through a float32 image; nearest sampling keeps integer ids exact (< 2**24)
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    return np.asarray(img.rotate(angle, resample=resample, fillcolor=float(fill))).astype(arr.dtype)
+
+
+class RandomRotate:
+    """With probability ``p`` rotate every spatial map by one angle a ~ U[−max_angle, max_angle] degrees about the
+    image centre, keeping the size (CDSP: ±10°, p = 0.5; spec §3.6).
+
+    The image is resampled bilinearly, every other map per its POLICY mode (``nearest`` / ``sparse`` → nearest,
+    float ``bilinear`` maps bilinearly). Pixels rotated in from outside get each key's pad value (labels 255,
+    distance maps 0 = no weight, ``valid`` 0) and, for the image, ``image_fill``: an RGB colour for a uint8 image
+    (CDSP: the mean colour) or a value for a normalised float image (0 = the mean colour). ``valid`` (1 = real
+    pixel) is added when absent, so rotated-in pixels are marked as padding.
+    """
+
+    def __init__(self, max_angle: float = 10.0, p: float = 0.5, image_fill: float | Sequence[float] = 0.0):
+        if not 0.0 <= max_angle <= 180.0:
+            raise ValueError(f"max_angle must be in [0, 180] degrees, got {max_angle}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"rotation probability must be in [0, 1], got {p}")
+        self.max_angle = float(max_angle)
+        self.p = float(p)
+        self.image_fill = image_fill
+
+    def _image(self, img: np.ndarray, angle: float) -> np.ndarray:
+        fill = np.broadcast_to(np.asarray(self.image_fill, dtype=np.float64), (img.shape[2],))
+        if img.dtype == np.uint8 and img.shape[2] == 3:
+            colour = tuple(int(round(float(v))) for v in fill)
+            return np.asarray(Image.fromarray(img).rotate(angle, resample=Image.BILINEAR, fillcolor=colour))
+        return np.stack([_rotate_2d(img[..., c], angle, False, fill[c]) for c in range(img.shape[2])], axis=-1)
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = default_rng() if rng is None else rng
+        if rng.random() >= self.p:
+            return dict(sample)
+        angle = float(rng.uniform(-self.max_angle, self.max_angle))
+        out = dict(sample)
+        if K.VALID not in out:
+            h, w = sample_size(sample)
+            out[K.VALID] = np.ones((h, w), dtype=np.uint8)
+        for key in _spatial_keys(out):
+            arr = np.asarray(out[key])
+            mode, pad = K.POLICY[key]
+            if key == K.IMAGE:
+                out[key] = self._image(arr, angle)
+            elif key == K.CAM:
+                out[key] = np.stack([_rotate_2d(ch, angle, False, pad) for ch in arr], axis=0)
+            else:
+                smooth = mode == "bilinear" and np.issubdtype(arr.dtype, np.floating)
+                out[key] = _rotate_2d(arr, angle, not smooth, pad)
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomRotate(max_angle={self.max_angle}, p={self.p})"
+
+
+class RandomGaussianBlur:
+    """With probability ``p`` blur the uint8 image (only the image) with a ``kernel_size``×``kernel_size`` Gaussian.
+
+    ``sigma`` None follows OpenCV's rule for ``GaussianBlur(ksize, 0)``: σ = 0.3·((k − 1)/2 − 1) + 0.8 (1.1 for
+    k = 5, CDSP's 5×5 blur); borders are reflected without repeating the edge pixel (OpenCV's default). The
+    separable filter runs in float32 and the result is rounded back to uint8.
+    """
+
+    def __init__(self, kernel_size: int = 5, sigma: float | None = None, p: float = 0.5):
+        if kernel_size < 1 or kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        if sigma is not None and not sigma > 0:
+            raise ValueError(f"sigma must be positive or None, got {sigma}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"blur probability must be in [0, 1], got {p}")
+        self.kernel_size = int(kernel_size)
+        self.sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8 if sigma is None else float(sigma)
+        self.p = float(p)
+        x = np.arange(kernel_size, dtype=np.float64) - (kernel_size - 1) / 2
+        weights = np.exp(-(x ** 2) / (2 * self.sigma ** 2))
+        self.kernel = (weights / weights.sum()).astype(np.float32)
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = default_rng() if rng is None else rng
+        if rng.random() >= self.p:
+            return dict(sample)
+        img = np.asarray(sample[K.IMAGE])
+        if img.dtype != np.uint8:
+            raise ValueError(f"RandomGaussianBlur expects the uint8 image (apply it before Normalize), got {img.dtype}")
+        x = img.astype(np.float32)
+        for axis in (0, 1):
+            x = ndimage.convolve1d(x, self.kernel, axis=axis, mode="mirror")
+        out = dict(sample)
+        out[K.IMAGE] = np.clip(np.round(x), 0, 255).astype(np.uint8)
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomGaussianBlur(kernel_size={self.kernel_size}, sigma={self.sigma:.3g}, p={self.p})"
+
+
 def _rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     maxc = rgb.max(-1)
@@ -479,6 +583,43 @@ def build_train_transforms(
     ts.append(Normalize(mean, std))
     if crop_size is not None:
         ts.append(RandomCrop(crop_size, policy=crop_policy))
+    ts.append(ToTensor())
+    return Compose(ts, seed=seed)
+
+
+def build_cdsp_train_transforms(
+    crop_size: int | tuple[int, int] = 465,
+    scale_range: tuple[float, float] | None = (0.5, 2.0),
+    max_angle: float = 10.0,
+    rotate_prob: float = 0.5,
+    blur_kernel: int = 5,
+    blur_prob: float = 0.5,
+    flip_prob: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    seed: int | None = None,
+) -> Compose:
+    """CDSP's training pipeline (spec §3.6): random scale (bilinear image, nearest maps) → random rotation (image
+    border = mean colour) → Gaussian blur (image only) → flip → normalize → random crop with centred padding →
+    tensors. Every map of the sample (scribble, pseudo-label, both distance maps) moves with the image.
+
+    Padding never supervises: crop and rotation padding is 255 in label maps (ignored by the CE losses), 0 in the
+    distance maps (no DEL term), and 0 in ``valid``. Normalize comes before the crop (flip and crop commute with it)
+    so that the padded image is the mean colour exactly. ``scale_range`` None, ``rotate_prob`` 0, ``blur_prob`` 0 or
+    ``flip_prob`` 0 skip that step.
+    """
+    ts: list[Callable] = []
+    if scale_range is not None:
+        ts.append(RandomScale(scale_range, image_mode="bilinear"))
+    if rotate_prob > 0 and max_angle > 0:
+        mean_colour = tuple(round(255.0 * float(m)) for m in mean)
+        ts.append(RandomRotate(max_angle, rotate_prob, image_fill=mean_colour))
+    if blur_prob > 0:
+        ts.append(RandomGaussianBlur(blur_kernel, p=blur_prob))
+    if flip_prob > 0:
+        ts.append(RandomHFlip(flip_prob))
+    ts.append(Normalize(mean, std))
+    ts.append(RandomCrop(crop_size, policy="center"))
     ts.append(ToTensor())
     return Compose(ts, seed=seed)
 
