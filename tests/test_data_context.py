@@ -87,3 +87,73 @@ def test_convert_mat_folder(label_files, tmp_path):
     res = read_label(out / "2008_000001.png")
     assert res[1].tolist() == [22] * 7 and res[2].tolist() == [59] * 7 and res[3].tolist() == [0] * 7
     assert set(np.unique(res)) == {0, 22, 59}
+
+
+# ---- Context class order shared by the scribble rasteriser and the 60-class lookup table (spec §1.2–1.3) ----
+
+from weakseg.data.scribble_xml import (  # noqa: E402
+    CONTEXT_SCRIBBLE_TAGS, context_tag_table, convert_scribble_folder, read_class_list,
+)
+
+BAG_XML = ("<annotation><size><width>6</width><height>4</height></size><polygon><tag>bag</tag>"
+           "<point><X>0</X><Y>1</Y></point><point><X>5</X><Y>1</Y></point></polygon><polygon><tag>table</tag>"
+           "<point><X>0</X><Y>3</Y></point><point><X>2</X><Y>3</Y></point></polygon></annotation>")
+
+
+def test_tag_table_in_the_blpseg_order_equals_the_hard_coded_table(label_files):
+    assert context_tag_table(label_files[1]) == CONTEXT_SCRIBBLE_TAGS
+    assert read_class_list(label_files[1])[:3] == ("background", "aeroplane", "bicycle")
+
+
+def test_scribbles_and_labels_share_one_order_when_59_labels_is_alphabetical(tmp_path):
+    """mmsegmentation's 59-class order is alphabetical (aeroplane, bag, bed, …); BLPSeg's hard-coded tag order would
+    then give every scribble another class than the ground truth. Both must come from the same list."""
+    alpha = sorted(n if n != "table" else "diningtable" for n in NAMES59)
+    names459 = {i: f"thing{i}" for i in range(1, 460)}
+    names459.update({ID_OF[n if n != "diningtable" else "table"]: n for n in alpha})
+    (tmp_path / "labels.txt").write_text("".join(f"{i}: {n}\n" for i, n in names459.items()))
+    (tmp_path / "59_labels.txt").write_text("".join(f"{i}: {n}\n" for i, n in enumerate(alpha, 1)))
+    root = tmp_path / "Context"
+    mats, xmls = tmp_path / "mats", tmp_path / "xml"
+    mats.mkdir()
+    xmls.mkdir()
+    lm = np.zeros((4, 6), dtype=np.uint16)
+    lm[1, :] = ID_OF["bag"]
+    lm[3, :3] = ID_OF["table"]
+    scipy.io.savemat(mats / "2008_000002.mat", {"LabelMap": lm})
+    (xmls / "2008_000002.xml").write_text(BAG_XML)
+    from weakseg.cli import main as cli_main
+
+    assert cli_main(["data", "context", "--mat-dir", str(mats), "--labels", str(tmp_path / "labels.txt"),
+                     "--labels59", str(tmp_path / "59_labels.txt"), "--out", str(root / "SegmentationClassContext")]) == 0
+    # no --classes: the classes.txt that `data context` wrote next to the labels is used
+    assert cli_main(["data", "scribbles", "--xml", str(xmls), "--out", str(root / "pascal_context_scribble"),
+                     "--dataset", "context"]) == 0
+    gt = read_label(root / "SegmentationClassContext" / "2008_000002.png")
+    scrib = read_label(root / "pascal_context_scribble" / "2008_000002.png")
+    assert gt[1, 0] == alpha.index("bag") + 1 == 2 and gt[3, 0] == alpha.index("diningtable") + 1
+    assert np.array_equal(scrib[1], gt[1]) and np.array_equal(scrib[3, :3], gt[3, :3])   # same ids, same order
+    assert CONTEXT_SCRIBBLE_TAGS["bag"] == 21                                            # the hard-coded order differs
+
+
+def test_class_list_mismatches_name_both_files(label_files, tmp_path):
+    xmls = tmp_path / "xml"
+    xmls.mkdir()
+    (xmls / "a.xml").write_text(BAG_XML)
+    short = tmp_path / "short.txt"
+    short.write_text("".join(f"{n}\n" for n in ("background",) + NAMES59[:-1]))          # no "wood"
+    with pytest.raises(DataError, match=r"short\.txt and the ScribbleSup Context tag list .*'wood' matches no class"):
+        context_tag_table(short)
+    with pytest.raises(DataError, match="pass --classes"):
+        convert_scribble_folder(xmls, tmp_path / "root" / "scribbles", dataset="context")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in ("background",) + NAMES59))
+    swapped = list(NAMES59)
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    (tmp_path / "59_swapped.txt").write_text("".join(f"{i}: {n}\n" for i, n in enumerate(swapped, 1)))
+    with pytest.raises(DataError, match=r"59_swapped\.txt and .*classes\.txt list the Context classes in different "
+                                        r"orders \(first difference at index 1\)"):
+        convert_scribble_folder(xmls, root / "scribbles", dataset="context", classes=tmp_path / "59_swapped.txt")
+    n_ok, n_skip, _ = convert_scribble_folder(xmls, root / "scribbles", dataset="context", classes=label_files[1])
+    assert (n_ok, n_skip) == (1, 0)

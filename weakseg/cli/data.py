@@ -42,7 +42,8 @@ def cmd_scribbles(args: argparse.Namespace) -> int:
     from weakseg.data.scribble_xml import convert_scribble_folder
 
     n_ok, n_skip, problems = convert_scribble_folder(args.xml, args.out, dataset=args.dataset,
-                                                     line_width=args.line_width, image_dir=args.images)
+                                                     line_width=args.line_width, image_dir=args.images,
+                                                     classes=args.classes)
     _print_problems(problems)
     print(f"scribbles: {n_ok} converted, {n_skip} skipped (line width {args.line_width}, {args.dataset}) -> {args.out}")
     return 0 if n_ok or not n_skip else 1
@@ -172,6 +173,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=("voc", "context"), default="voc", help="tag table")
     p.add_argument("--line-width", type=int, choices=(1, 3), default=1, help="1 = BLPSeg, 3 = rloss/CDSP")
     p.add_argument("--images", default=None, help="image folder for the declared-size check")
+    p.add_argument("--classes", default=None,
+                   help="context: class list of the labels (classes.txt or 59_labels.txt; default <out>/../classes.txt)")
     p.set_defaults(func=cmd_scribbles)
 
     p = sub.add_parser("context", help="PASCAL-Context .mat (459 classes) -> 60-class PNGs")

@@ -209,6 +209,68 @@ def scribble_table(dataset: str) -> dict[str, int]:
     return tables[dataset]
 
 
+# ScribbleSup tag → the spellings dataset class lists use for it (compared lower-case, without spaces/underscores)
+_TAG_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "plane": ("aeroplane", "airplane"), "bike": ("bicycle",), "table": ("diningtable",), "plant": ("pottedplant",),
+    "monitor": ("tvmonitor", "tv"), "motorbike": ("motorcycle",),
+}
+
+
+def _norm_name(name: str) -> str:
+    return name.strip().lower().replace(" ", "").replace("_", "").replace("-", "")
+
+
+def read_class_list(path: str | os.PathLike) -> tuple[str, ...]:
+    """Class names in index order, background first, from ``classes.txt`` (one name per line, as written by
+    ``weakseg data context``) or from the official ``59_labels.txt`` (``idx: name`` lines; background prepended)."""
+    from weakseg.data.context import read_label_names
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: class list not found")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if lines and all(":" in ln and ln.split(":", 1)[0].strip().isdigit() for ln in lines):
+        names = read_label_names(path)
+        if sorted(names) != list(range(1, len(names) + 1)):
+            raise DataError(f"{path}: class indices must be 1..{len(names)}")
+        return ("background",) + tuple(names[i] for i in sorted(names))
+    return tuple(lines)
+
+
+def context_tag_table(class_file: str | os.PathLike) -> dict[str, int]:
+    """ScribbleSup Context tag → class index, taken from the dataset's own class list (spec §1.2–1.3).
+
+    BLPSeg hard-codes the tag order (:data:`CONTEXT_SCRIBBLE_TAGS`) and assumes that it equals ``59_labels.txt``;
+    when it does not, every scribble silently gets another class than the ground truth. Here each tag is looked up
+    by name (with the ScribbleSup short spellings: plane = aeroplane, table = diningtable, …) in the same list the
+    60-class lookup table is built from, and the two lists are checked against each other: a tag without a class,
+    a class without a tag or two tags on one class is an error that names both.
+
+    Raises:
+        DataError: naming ``class_file`` and this module's tag list.
+    """
+    names = read_class_list(class_file)
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(_norm_name(name), i)
+    table, problems = {}, []
+    for tag in CONTEXT_SCRIBBLE_TAGS:
+        found = [index[k] for k in (_norm_name(tag), *_TAG_SPELLINGS.get(tag, ())) if k in index]
+        if not found:
+            problems.append(f"tag {tag!r} matches no class")
+        else:
+            table[tag] = found[0]
+    owners: dict[int, list[str]] = {}
+    for tag, i in table.items():
+        owners.setdefault(i, []).append(tag)
+    problems += [f"tags {tags} share class {i} ({names[i]!r})" for i, tags in owners.items() if len(tags) > 1]
+    problems += [f"class {i} ({names[i]!r}) has no tag" for i in range(len(names)) if i not in owners]
+    if problems:
+        raise DataError(f"{class_file} and the ScribbleSup Context tag list (CONTEXT_SCRIBBLE_TAGS in {__file__}) "
+                        f"disagree: " + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
+    return table
+
+
 def convert_scribble_xml(path: str | os.PathLike, dataset: str = "voc", line_width: int = 1,
                          image_path: str | os.PathLike | None = None) -> np.ndarray:
     """Parse and rasterize one XML file → H×W uint8 scribble map (255 = not annotated)."""
@@ -217,8 +279,8 @@ def convert_scribble_xml(path: str | os.PathLike, dataset: str = "voc", line_wid
 
 
 def convert_scribble_folder(xml_dir: str | os.PathLike, out_dir: str | os.PathLike, dataset: str = "voc",
-                            line_width: int = 1, image_dir: str | os.PathLike | None = None
-                            ) -> tuple[int, int, list[str]]:
+                            line_width: int = 1, image_dir: str | os.PathLike | None = None,
+                            classes: str | os.PathLike | None = None) -> tuple[int, int, list[str]]:
     """Convert every ``<xml_dir>/<id>.xml`` to ``<out_dir>/<id>.png`` (palette PNG, written atomically).
 
     Args:
@@ -227,6 +289,9 @@ def convert_scribble_folder(xml_dir: str | os.PathLike, out_dir: str | os.PathLi
         dataset: ``"voc"`` or ``"context"`` tag table.
         line_width: 1 (BLPSeg) or 3 (rloss/CDSP).
         image_dir: optional image folder; when ``<image_dir>/<id>.jpg`` (or .png) exists its size is checked.
+        classes: Context only: the class list the label PNGs use (``classes.txt`` written by ``weakseg data
+            context``, or ``59_labels.txt``); default ``<out_dir>/../classes.txt``. The tag table comes from it
+            (:func:`context_tag_table`), and a ``classes.txt`` already in the dataset root must list the same names.
 
     Returns:
         (number converted, number skipped, problems) where each problem is ``"<file>: <reason>"``. Malformed or
@@ -236,6 +301,21 @@ def convert_scribble_folder(xml_dir: str | os.PathLike, out_dir: str | os.PathLi
     if not xml_dir.is_dir():
         raise DataError(f"{xml_dir}: scribble XML folder not found")
     table = scribble_table(dataset)
+    if dataset == "context":
+        root_classes = out_dir.resolve().parent / "classes.txt"
+        class_file = Path(classes) if classes is not None else root_classes
+        if not class_file.is_file():
+            raise DataError(f"{class_file}: Context scribbles need the class list of the labels (the classes.txt "
+                            f"that `weakseg data context` writes, or 59_labels.txt): pass --classes")
+        table = context_tag_table(class_file)
+        if root_classes.is_file() and root_classes.resolve() != class_file.resolve():
+            a, b = read_class_list(class_file), read_class_list(root_classes)
+            if [_norm_name(n) for n in a] != [_norm_name(n) for n in b]:
+                first = next((i for i, (x, y) in enumerate(zip(a, b)) if _norm_name(x) != _norm_name(y)),
+                             min(len(a), len(b)))
+                raise DataError(f"{class_file} and {root_classes} list the Context classes in different orders "
+                                f"(first difference at index {first}); the scribbles and the label PNGs must share "
+                                "one class list")
     palette = voc_palette()
     n_ok, problems = 0, []
     for path in sorted(xml_dir.glob("*.xml")):
