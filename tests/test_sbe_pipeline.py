@@ -19,6 +19,7 @@ from weakseg.engine.config import ConfigError, load_config
 from weakseg.engine.pipeline import run_pipeline
 from weakseg.methods import METHODS
 from weakseg.methods import sbe as sbe_mod
+from weakseg.methods.kit import cam as cam_mod
 from weakseg.modules.boundary_labels import sobel_magnitude
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,11 +28,13 @@ BES_STAGES = ["train_cam", "make_cam", "eval_cam", "make_boundary_labels", "trai
               "eval_pseudo_masks", "train_seg", "evaluate"]
 # random init, 48² crops, a few iterations, 2 CAM scales, 2^4 walk steps, one thread (fastest on a shared CPU)
 TINY = [
-    "model.pretrained=null", "method.cam_pretrained=null", "method.bes_pretrained=null", "method.cam_epochs=1",
-    "method.bes_epochs=1", "method.cam_batch_size=4", "method.bes_batch_size=4", "method.cam_crop_size=48",
-    "method.cam_resize_long=[48,64]", "method.bes_crop_size=48", "method.cam_scales=[1.0,0.5]", "method.exp_times=4",
+    "model.pretrained=null", "method.cam.model.pretrained=null", "method.boundary.model.pretrained=null",
+    "method.cam.schedule.epochs=1", "method.boundary.schedule.epochs=1", "method.cam.batch_size=4",
+    "method.boundary.batch_size=4", "method.cam.crop_size=48", "method.cam.resize_long=[48,64]",
+    "method.boundary.crop_size=48", "method.cam.scales=[1.0,0.5]", "method.walk.exp_times=4",
     "data.crop_size=48", "engine.batch_size=4", "schedule.iters=3", "schedule.warmup_iters=0", "data.num_workers=0",
     "engine.tensorboard=false", "eval.save_overlays=1", "engine.threads=1", "engine.device=cpu",
+    "engine.stage_workers=1",
 ]
 
 
@@ -86,10 +89,14 @@ def test_presets_load_and_list_stages():
     cpu_sbe = load_config(PRESETS["sbe"])
     assert cpu_sbe.data.saliency_dir is None and "make_saliency" in [s.name for s in METHODS["sbe"].stages(cpu_sbe)]
     paper_sbe = load_config(paper["sbe"])
-    assert paper_sbe.data.saliency_dir == "Sal" and paper_sbe.method.cam_eval_thres == 0.21
-    assert load_config(paper["bes"]).method.sem_seg_bg_thres == 0.25
-    with pytest.raises(ConfigError, match="cam_epoch"):
-        load_config(PRESETS["bes"], ["method.cam_epoch=2"])
+    assert paper_sbe.data.saliency_dir == "Sal" and paper_sbe.method.cam.eval_thres == 0.21
+    assert load_config(paper["bes"]).method.walk.bg_thres == 0.25
+    with pytest.raises(ConfigError, match=r"method\.cam\.schedule\.epoch.*did you mean 'epochs'"):
+        load_config(PRESETS["bes"], ["method.cam.schedule.epoch=2"])
+    with pytest.raises(ConfigError, match=r"method\.boundary\.optim\.name = 'adam'"):
+        load_config(PRESETS["bes"], ["method.boundary.optim.name=adam"])
+    # a partial section keeps the method's own defaults (SBE's CAM threshold), not the section class's
+    assert load_config(PRESETS["sbe"], ["method.cam={batch_size: 8}"]).method.cam.eval_thres == 0.21
     with pytest.raises(ValueError, match="deeplabv2"):
         cfg = load_config(PRESETS["bes"], ["model.head=deeplabv3plus", "model.pretrained=null"])
         builders.build_method(cfg, 8)
@@ -119,7 +126,7 @@ def test_bes_end_to_end_artefacts(synth, bes_run):
     pseudo = json.loads((work / "eval_pseudo_masks/metrics.json").read_text())
     assert pseudo["images"] == len(ids) and pseudo["coverage"] == 1.0 and 0 <= pseudo["miou"] <= 1
     cam_metrics = json.loads((work / "eval_cam/metrics.json").read_text())
-    assert cam_metrics["bg_threshold"] == load_config(PRESETS["bes"]).method.cam_eval_thres
+    assert cam_metrics["bg_threshold"] == load_config(PRESETS["bes"]).method.cam.eval_thres
     assert len(cam_metrics["iou"]) == 8 and cam_metrics["images"] == len(ids)
     final = json.loads((work / "evaluate/metrics.json").read_text())
     assert final["images"] == 3 and (work / "evaluate/predictions").is_dir()
@@ -142,7 +149,7 @@ def test_sbe_with_saliency_folder(synth, tmp_path):
         assert edge.any() and (codes[edge] == 250).all()  # SBE's certain boundary wins over every other rule
     assert seen <= {0, 50, 100, 150, 200, 250} and 250 in seen
     # a method setting that only SBE has reaches its stage: the saliency background threshold of the preset
-    assert load_config(PRESETS["sbe"]).method.sal_bg_thres == 0.05
+    assert load_config(PRESETS["sbe"]).method.labels.sal_bg_thres == 0.05
     with pytest.raises(ConfigError, match="unknown stage 'make_saliency'"):
         run_pipeline(tiny_cfg("sbe", synth, work, ["data.saliency_dir=Sal"]), only=["make_saliency"])
 
@@ -199,7 +206,7 @@ def test_interrupted_make_cam_resumes_without_redoing(synth, tmp_path, monkeypat
     cfg = tiny_cfg("bes", synth, work)
     run_pipeline(cfg, only=["train_cam"])
     done_train = (work / "train_cam/_done.json").stat().st_mtime_ns
-    original = sbe_mod.make_cam_image
+    original = cam_mod.make_cam_image
     calls = []
 
     def crash_after_five(state, sample_id, path):
@@ -208,7 +215,7 @@ def test_interrupted_make_cam_resumes_without_redoing(synth, tmp_path, monkeypat
         calls.append(sample_id)
         original(state, sample_id, path)
 
-    monkeypatch.setattr(sbe_mod, "make_cam_image", crash_after_five)
+    monkeypatch.setattr(cam_mod, "make_cam_image", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, only=["train_cam", "make_cam"])
     assert sorted(p.stem for p in (work / "make_cam").glob("*.npz")) == sorted(calls)
@@ -217,7 +224,7 @@ def test_interrupted_make_cam_resumes_without_redoing(synth, tmp_path, monkeypat
     before = mtimes(work / "make_cam")
 
     resumed = []
-    monkeypatch.setattr(sbe_mod, "make_cam_image", lambda s, i, p: (resumed.append(i), original(s, i, p)))
+    monkeypatch.setattr(cam_mod, "make_cam_image", lambda s, i, p: (resumed.append(i), original(s, i, p)))
     run_pipeline(cfg, only=["train_cam", "make_cam"])
     ids = train_ids(synth)
     assert sorted(resumed) == sorted(set(ids) - set(calls))  # finished images are not redone
@@ -241,12 +248,10 @@ def test_only_from_force_and_config_changes(synth, bes_run, tmp_path, capsys):
     assert list(summary) == BES_STAGES[BES_STAGES.index("make_pseudo_masks"):]
     assert all(t > masks[n] for n, t in mtimes(work / "make_pseudo_masks").items())  # redone
     assert mtimes(work / "make_cam") == cams  # earlier stages untouched
-    # the CLI: --only by name, and a changed method setting is refused until the stage is forced
+    # the CLI: --only by name
     argv = ["run", str(PRESETS["bes"])] + [a for o in overrides(synth, work) for a in ("--set", o)]
     assert main(argv + ["--only", "eval_pseudo_masks"]) == 0
     assert "eval_pseudo_masks: done" in capsys.readouterr().out
-    assert main(argv + ["--set", "method.beta=3.0", "--only", "make_pseudo_masks"]) == 2
-    assert "another configuration" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="run stage train_cam first"):
         run_pipeline(tiny_cfg("bes", synth, tmp_path / "empty"), only=["make_cam"])
     with pytest.raises(ConfigError, match="unknown stage"):
@@ -274,4 +279,42 @@ def test_torchrun_two_ranks_make_cam(synth, bes_run, tmp_path):
         old = np.load(bes_run[0] / "make_cam" / f"{sid}.npz")
         assert np.array_equal(new["keys"], old["keys"])
         assert np.allclose(new["cams"].astype(np.float32), old["cams"].astype(np.float32), atol=2e-3)
-    assert "(7 on this rank" in (work / "run.log").read_text()  # rank 0's share of sorted(ids)[0::2]
+    assert "(7 on this rank" in (work / "run.log").read_text()
+
+
+def test_changed_value_reruns_exactly_the_downstream_stages(synth, bes_run, tmp_path):
+    """Per-stage fingerprints: a random-walk value re-runs make_pseudo_masks onward and keeps everything before it;
+    a CAM value re-runs everything from train_cam; the log names the value."""
+    work = tmp_path / "copy"
+    shutil.copytree(bes_run[0], work)
+    before = {name: (work / name / "_done.json").stat().st_mtime_ns for name in BES_STAGES}
+    run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0"]))
+    after = {name: (work / name / "_done.json").stat().st_mtime_ns for name in BES_STAGES}
+    first = BES_STAGES.index("make_pseudo_masks")
+    assert [n for n in BES_STAGES if after[n] != before[n]] == BES_STAGES[first:]
+    log = (work / "run.log").read_text()
+    assert "stage make_pseudo_masks: re-running: method.walk.beta changed (5.0 → 3.0)" in log
+    assert "stage train_seg: re-running: input stage make_pseudo_masks changed" in log
+    # unchanged settings: nothing runs again
+    run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0"]))
+    assert {n: (work / n / "_done.json").stat().st_mtime_ns for n in BES_STAGES} == after
+    # a CAM training value: everything from train_cam
+    run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0", "method.cam.optim.lr=2.0e-4"]))
+    again = {name: (work / name / "_done.json").stat().st_mtime_ns for name in BES_STAGES}
+    assert all(again[n] != after[n] for n in BES_STAGES)
+    assert "stage train_cam: re-running: method.cam.optim.lr changed (0.0001 → 0.0002)" in (work / "run.log").read_text()
+
+
+def test_per_image_stage_workers_give_the_same_artefacts(synth, bes_run, tmp_path):
+    """Two worker processes (engine.stage_workers=2) write exactly what one process writes."""
+    work = tmp_path / "workers"
+    shutil.copytree(bes_run[0], work)
+    summary = run_pipeline(tiny_cfg("bes", synth, work, ["engine.stage_workers=2"]),
+                           only=["make_boundary_labels", "make_pseudo_masks"], force=True)
+    assert list(summary) == ["make_boundary_labels", "make_pseudo_masks"]
+    assert "2 processes" in (work / "run.log").read_text()
+    for stage in ("make_boundary_labels", "make_pseudo_masks"):
+        for sid in train_ids(synth):
+            new = np.asarray(Image.open(work / stage / f"{sid}.png"))
+            old = np.asarray(Image.open(bes_run[0] / stage / f"{sid}.png"))
+            assert np.array_equal(new, old), (stage, sid)  # rank 0's share of sorted(ids)[0::2]

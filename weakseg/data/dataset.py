@@ -17,8 +17,9 @@ A sample (before transforms) is a dict with:
 
 Tags come from ``tags_source``: ``"scribble"`` (classes among scribbled pixels, the default for scribble
 supervision, spec §2.2), ``"label"`` (classes in the dense mask, the default otherwise; the mask is read only to
-derive the tags and is not returned), ``"xml"`` (VOC ``<xml_dir>/<id>.xml`` object names) or ``"file"`` (a JSON
-``{"<id>": [class ids]}`` given by ``tags_file``, as written by :func:`weakseg.data.voc_tools.build_image_labels`).
+derive the tags and is not returned), ``"xml"`` (VOC ``<xml_dir>/<id>.xml`` object names), ``"file"`` (a JSON
+``{"<id>": [class ids]}`` given by ``tags_file``, as written by :func:`weakseg.data.voc_tools.build_image_labels`) or
+``"pseudo"`` (classes present in ``<tags_dir>/<id>.png``, e.g. a previous stage's pseudo-masks).
 
 Data checks (each error names the file): missing/unreadable files, a map whose size differs from the image, and
 class ids ≥ num_classes other than 255. They run lazily in ``__getitem__``; :meth:`SegDataset.scan` runs them on
@@ -42,7 +43,7 @@ from weakseg.data.voc_tools import labels_from_map, labels_from_xml, load_tags_f
 from weakseg.utils.io import DataError, read_label, read_rgb
 
 SUPERVISIONS = ("full", "scribble", "tags", "pseudo", "none")
-TAGS_SOURCES = ("label", "scribble", "xml", "file")
+TAGS_SOURCES = ("label", "scribble", "xml", "file", "pseudo")
 
 
 def meta_from_root(root: str | os.PathLike) -> DatasetMeta:
@@ -118,6 +119,7 @@ class SegDataset(torch.utils.data.Dataset):
         tags_source: where ``tags`` come from; None picks ``scribble`` for scribble supervision, else ``label``.
         tags_file: JSON ``{id: [class ids]}`` for ``tags_source="file"``.
         xml_dir: VOC detection XMLs for ``tags_source="xml"``.
+        tags_dir: class-id masks for ``tags_source="pseudo"`` (default ``pseudo_dir``).
         extra_maps: {sample key: folder of ``<id>.png``}.
         with_label: also load the dense ``label`` (evaluation).
         transform: callable applied to the sample dict.
@@ -129,6 +131,7 @@ class SegDataset(torch.utils.data.Dataset):
                  label_dir: str = "SegmentationClass", label_ext: str = ".png", scribble_dir: str = "Scribbles",
                  pseudo_dir: str | None = None, saliency_dir: str | None = None, tags_source: str | None = None,
                  tags_file: str | os.PathLike | None = None, xml_dir: str = "Annotations",
+                 tags_dir: str | os.PathLike | None = None,
                  extra_maps: dict[str, str] | None = None, with_label: bool = False,
                  transform: Callable[[dict], dict] | None = None, lenient: bool = False):
         if supervision not in SUPERVISIONS:
@@ -141,6 +144,8 @@ class SegDataset(torch.utils.data.Dataset):
             raise ValueError("supervision='pseudo' needs pseudo_dir")
         if tags_source == "file" and tags_file is None and supervision in ("scribble", "tags", "pseudo"):
             raise ValueError("tags_source='file' needs tags_file")
+        if tags_source == "pseudo" and tags_dir is None and pseudo_dir is None:
+            raise ValueError("tags_source='pseudo' needs tags_dir (or pseudo_dir)")
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset root not found")
@@ -154,6 +159,8 @@ class SegDataset(torch.utils.data.Dataset):
         self.pseudo_dir = self._folder(pseudo_dir) if pseudo_dir is not None else None
         self.saliency_dir = self._folder(saliency_dir) if saliency_dir is not None else None
         self.xml_dir = self._folder(xml_dir)
+        tags_folder = tags_dir if tags_dir is not None else pseudo_dir
+        self.tags_dir = self._folder(tags_folder) if tags_folder is not None else None
         self.extra_maps: dict[str, Path] = {}
         for key, folder in (extra_maps or {}).items():
             if key not in K.POLICY or key in (K.IMAGE, K.CAM, K.VALID):
@@ -222,6 +229,10 @@ class SegDataset(torch.utils.data.Dataset):
             found = labels_from_map(self._class_map(path, size, "label"), C, str(path), self.meta.ignore_index)
         elif self.tags_source == "xml":
             found = labels_from_xml(self._file(self.xml_dir, sid, ".xml"), self.meta.classes)
+        elif self.tags_source == "pseudo":
+            assert self.tags_dir is not None
+            path = self._file(self.tags_dir, sid, ".png")
+            found = labels_from_map(self._class_map(path, size, "mask"), C, str(path), self.meta.ignore_index)
         else:
             assert self._tags_table is not None
             if sid not in self._tags_table:

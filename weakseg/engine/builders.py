@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from weakseg.data.build import build_dataset
 from weakseg.data.dataset import SegDataset, meta_from_root
 from weakseg.data.meta import DatasetMeta
 from weakseg.data.transforms import build_eval_transforms, build_train_transforms
@@ -19,40 +20,25 @@ def dataset_meta(cfg: Config) -> DatasetMeta:
     return meta_from_root(root)
 
 
-def _common_kwargs(cfg: Config, meta: DatasetMeta) -> dict:
-    d = cfg.data
-    return dict(
-        meta=meta,
-        image_dir=d.image_dir,
-        image_ext=d.image_ext,
-        label_dir=d.label_dir,
-        scribble_dir=d.scribble_dir,
-        pseudo_dir=d.pseudo_dir,  # relative paths are resolved against data.root by the dataset
-        saliency_dir=d.saliency_dir,
-        tags_source=d.tags_source,
-        tags_file=d.tags_file,
-        lenient=d.lenient,
-    )
-
-
 def build_train_dataset(cfg: Config, supervision: str, meta: DatasetMeta, extra_maps: dict | None = None,
                         list_file: str | None = None, transform=None) -> SegDataset:
+    """The training set of a single-stage run (``data.train_list``) with the run's augmentation."""
     d = cfg.data
     if transform is None:
         transform = build_train_transforms(
             crop_size=d.crop_size, scale_range=d.scale_range, flip_prob=d.flip_prob, color_jitter=d.color_jitter,
             mean=d.mean, std=d.std,
         )
-    return SegDataset(d.root, list_file or d.train_list, supervision=supervision, extra_maps=extra_maps,
-                      transform=transform, **_common_kwargs(cfg, meta))
+    return build_dataset(d, meta, list_file, split="train", supervision=supervision, maps=extra_maps,
+                         transform=transform, saliency_dir=d.saliency_dir)
 
 
 def build_eval_dataset(cfg: Config, meta: DatasetMeta, list_file: str | None = None, with_label: bool = True,
                        supervision: str = "none", extra_maps: dict | None = None) -> SegDataset:
+    """The evaluation set (``data.val_list`` unless ``list_file``): full images, normalised, with ground truth."""
     d = cfg.data
-    return SegDataset(d.root, list_file or d.val_list, supervision=supervision, with_label=with_label,
-                      extra_maps=extra_maps, transform=build_eval_transforms(mean=d.mean, std=d.std),
-                      **_common_kwargs(cfg, meta))
+    return build_dataset(d, meta, list_file, split="val", supervision=supervision, with_label=with_label,
+                         maps=extra_maps, transform=build_eval_transforms(mean=d.mean, std=d.std))
 
 
 def build_method(cfg: Config, num_classes: int) -> Method:

@@ -90,6 +90,14 @@ class ScheduleConfig:
 
 
 @dataclass
+class BestConfig:
+    interval: int = 0  # iterations between selection evaluations; model_best.pth is kept (0 = off)
+    split: str = "holdout"  # holdout | val | a list file of ids with ground truth (relative to data.root)
+    holdout: float = 0.1  # split = holdout: fraction of the train ids held out (removed from training)
+    metric: str = "miou"  # miou | acc | macc (higher is better)
+
+
+@dataclass
 class EngineConfig:
     work_dir: str | None = None  # default: work_dirs/<config stem>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -104,6 +112,10 @@ class EngineConfig:
     tensorboard: bool = True  # write TensorBoard scalars when tensorboard is installed
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA (plain BN on CPU, where SyncBN cannot run)
     threads: int | None = None  # torch.set_num_threads per process (None: on CPU, cores minus loader workers)
+    stage_workers: int | None = None  # processes per rank of per-image stages (None: on CPU one per core; 1 on CUDA)
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last checkpoint) | skip (the step, counted)
+    max_skipped: int = 100  # nonfinite = skip: stop anyway after this many skipped steps
+    best: BestConfig = field(default_factory=BestConfig)  # best-snapshot selection (model_best.pth)
 
 
 @dataclass
@@ -114,6 +126,10 @@ class EvalConfig:
     mode: str = "whole"  # whole | slide
     crop_size: int = 513  # sliding-window size
     stride: int = 341  # sliding-window stride
+    resize: str = "scale"  # scale (each side × s) | long_side (long side = round(long_side · s), CDSP)
+    long_side: int = 512  # base long side of resize: long_side
+    pad: str = "corner"  # sliding-window padding of small images: corner (bottom/right) | center (CDSP)
+    align_corners: bool = False  # bilinear resize of the predictions back to the image size
     crf: str | None = None  # CRF preset name (None = off)
     absent: str = "zero"  # absent-class policy for mIoU: zero | nan
     save_predictions: bool = True  # write palette PNGs of the predictions
@@ -260,11 +276,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {tp}")
 
 
-def _build(cls, data: dict, where: str, source: str):
+def _build(cls, data: dict, where: str, source: str, base=None):
+    """``cls`` from a mapping, starting from ``base`` (default: ``cls()``). A nested section starts from its
+    parent's default, so a method's section defaults (e.g. SBE's CAM threshold) survive a partial YAML section."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    base = cls() if base is None else base
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
@@ -272,10 +291,10 @@ def _build(cls, data: dict, where: str, source: str):
             raise ConfigError(f"{source}: unknown config key {path!r}{_closest(key, names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, path, source)
+            kwargs[key] = _build(tp, value, path, source, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, tp, f"{source}: {path}")
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def method_config_class(name: str):
@@ -336,16 +355,20 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, source: str
 
 def validate(cfg: Config, source: str = "<config>") -> None:
     """Cross-field checks with messages that name the key."""
+    validate_training_sections(cfg, "", source)
+    for path, section in _train_sections(cfg.method, "method"):
+        validate_training_sections(section, path + ".", source)
     choices = {
-        "optim.name": (cfg.optim.name, ("sgd", "adamw")),
-        "schedule.name": (cfg.schedule.name, ("poly", "cosine")),
         "engine.amp": (cfg.engine.amp, ("auto", "bf16", "fp16", "none")),
         "eval.average": (cfg.eval.average, ("logit", "prob")),
         "eval.mode": (cfg.eval.mode, ("whole", "slide")),
+        "eval.resize": (cfg.eval.resize, ("scale", "long_side")),
+        "eval.pad": (cfg.eval.pad, ("corner", "center")),
         "eval.absent": (cfg.eval.absent, ("zero", "nan")),
-        "model.output_stride": (cfg.model.output_stride, (8, 16, 32)),
         "model.norm": (cfg.model.norm, ("bn", "syncbn", "frozen_bn", "gn")),
         "data.tags_source": (cfg.data.tags_source, ("label", "scribble", "xml", "file")),
+        "engine.nonfinite": (cfg.engine.nonfinite, ("stop", "skip")),
+        "engine.best.metric": (cfg.engine.best.metric, ("miou", "acc", "macc")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -356,13 +379,12 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         "schedule.iters": cfg.schedule.iters,
         "eval.crop_size": cfg.eval.crop_size,
         "eval.stride": cfg.eval.stride,
+        "eval.long_side": cfg.eval.long_side,
         "eval.batch_size": cfg.eval.batch_size,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"{source}: optim.lr must be positive")
     if not cfg.eval.scales or any(s <= 0 for s in cfg.eval.scales):
         raise ConfigError(f"{source}: eval.scales must be a non-empty list of positive numbers")
     lo, hi = cfg.data.scale_range
@@ -370,8 +392,51 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         raise ConfigError(f"{source}: data.scale_range must satisfy 0 < low <= high, got {cfg.data.scale_range}")
     if cfg.data.tags_source == "file" and not cfg.data.tags_file:
         raise ConfigError(f"{source}: data.tags_source = file needs data.tags_file")
-    if cfg.schedule.warmup_iters < 0 or cfg.schedule.warmup_iters > cfg.schedule.iters:
-        raise ConfigError(f"{source}: schedule.warmup_iters must be in 0..schedule.iters")
+    best = cfg.engine.best
+    if best.interval < 0:
+        raise ConfigError(f"{source}: engine.best.interval must be >= 0 (0 = off), got {best.interval}")
+    if best.split == "holdout" and not 0 < best.holdout < 1:
+        raise ConfigError(f"{source}: engine.best.holdout must be a fraction in (0, 1), got {best.holdout}")
+    if not best.split:
+        raise ConfigError(f"{source}: engine.best.split must be holdout, val or a list file")
+    if cfg.engine.max_skipped < 0:
+        raise ConfigError(f"{source}: engine.max_skipped must be >= 0, got {cfg.engine.max_skipped}")
+
+
+def _train_sections(obj, prefix: str):
+    """(dotted path, section) of every nested section that has ``model``, ``optim`` and ``schedule`` (a training
+    stage's TrainSection)."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            if all(hasattr(value, k) for k in ("model", "optim", "schedule")):
+                yield f"{prefix}.{f.name}", value
+            else:
+                yield from _train_sections(value, f"{prefix}.{f.name}")
+
+
+def validate_training_sections(obj, prefix: str, source: str) -> None:
+    """Checks of ``model`` / ``optim`` / ``schedule`` (and ``batch_size``) of a run or of a stage's TrainSection;
+    messages name the full key (``method.cam.optim.name``)."""
+    m, o, sc = obj.model, obj.optim, obj.schedule
+    choices = {
+        "optim.name": (o.name, ("sgd", "adamw")),
+        "schedule.name": (sc.name, ("poly", "cosine")),
+        "model.output_stride": (m.output_stride, (8, 16, 32)),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{source}: {prefix}{key} = {value!r} is not one of {', '.join(map(str, allowed))}")
+    if o.lr <= 0:
+        raise ConfigError(f"{source}: {prefix}optim.lr must be positive")
+    if sc.iters <= 0:
+        raise ConfigError(f"{source}: {prefix}schedule.iters must be positive, got {sc.iters}")
+    if sc.warmup_iters < 0 or sc.warmup_iters > sc.iters:
+        raise ConfigError(f"{source}: {prefix}schedule.warmup_iters must be in 0..schedule.iters")
+    if getattr(obj, "batch_size", 1) <= 0:
+        raise ConfigError(f"{source}: {prefix}batch_size must be positive, got {obj.batch_size}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,46 +1,127 @@
 """``weakseg run``: executes the stages a multi-stage method declares (``Method.stages(cfg)``), in order.
 
-Each stage runs alone or in sequence, is skipped when its ``_done.json`` matches the current config, and resumes
-image by image (per-image stages) or from its newest checkpoint (training stages). Per-image stages are sharded
-over torchrun ranks; rank 0 writes the completion marker after a barrier.
+Fingerprints: a stage's fingerprint hashes the config values it declares (``stage.config``; a training stage adds
+its typed section) and the fingerprints of the stages it reads. A stage whose ``_done.json`` holds the current
+fingerprint is skipped; otherwise it is re-run from scratch with a log line naming what changed (a value, or an input
+stage), and every stage downstream of it follows because its inputs' fingerprints changed. Untouched upstream stages
+are kept. ``_started.json`` records the fingerprint of a stage in progress, so an interrupted stage resumes (image by
+image, or from its newest checkpoint) only when nothing it depends on changed.
+
+Per-image stages are sharded over torchrun ranks; on CPU, ``engine.stage_workers`` processes share a rank's items
+(one thread each). Rank 0 writes the markers after a barrier.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import multiprocessing as mp
+import os
 import shutil
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from weakseg.engine import builders
 from weakseg.engine.amp import autocast_dtype
 from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.engine.config import Config, ConfigError, config_hash, dump_yaml, resolve_work_dir, to_dict
 from weakseg.engine.evaluator import evaluate
-from weakseg.engine.config import Config, ConfigError, config_from_dict, config_hash, dump_yaml, resolve_work_dir, to_dict
-from weakseg.engine.trainer import Trainer, setup_logging
+from weakseg.engine.runtime import progress, setup_logging
+from weakseg.engine.trainer import Trainer
 from weakseg.methods import METHODS
-from weakseg.methods.stages import EvalStage, PerImageStage, StageContext, TrainStage
+from weakseg.methods.kit.stage import EvalStage, PerImageStage, StageContext, TrainStage, get_path
 from weakseg.utils import dist as wdist
 from weakseg.utils.io import load_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("weakseg")
 DONE = "_done.json"
+STARTED = "_started.json"
+FORMAT = 2  # marker format (1: one hash over data + model + method for every stage)
 
 
-def stage_hash(cfg: Config) -> str:
-    """What a stage's artefacts depend on: data, model and method sections (not engine/eval details)."""
-    d = to_dict(cfg)
-    return config_hash({"data": d["data"], "model": d["model"], "method": d["method"]})
+# ----------------------------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_leaves(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def stage_values(stage, cfg_dict: dict) -> dict[str, Any]:
+    """``{dotted leaf key: value}`` of the config values ``stage`` depends on (its ``config`` paths, plus the
+    typed section of a training stage); ``-path`` entries remove keys."""
+    paths = list(stage.config)
+    if isinstance(stage, TrainStage) and stage.section:
+        paths.append(stage.section)
+    values: dict[str, Any] = {}
+    for path in paths:
+        drop = path.startswith("-")
+        key = path.lstrip("-")
+        try:
+            node = get_path(cfg_dict, key)
+        except (KeyError, AttributeError, TypeError):
+            raise ConfigError(f"stage {stage.name} depends on config key {key!r}, which the config does not have "
+                              f"(a bug in the method's stage list)") from None
+        leaves = _leaves(node, key)
+        if drop:
+            for k in leaves:
+                values.pop(k, None)
+        else:
+            values.update(leaves)
+    return values
+
+
+def fingerprints(stages: list, cfg: Config) -> dict[str, tuple[str, dict, dict]]:
+    """``{stage: (fingerprint, values, {read stage: its fingerprint})}`` for the whole stage list, in order."""
+    cfg_dict = to_dict(cfg)
+    out: dict[str, tuple[str, dict, dict]] = {}
+    for stage in stages:
+        missing = [r for r in stage.reads if r not in out]
+        if missing:
+            raise ConfigError(f"stage {stage.name} reads {missing[0]}, which does not come before it in the method's "
+                              f"stage list")
+        values = stage_values(stage, cfg_dict)
+        reads = {r: out[r][0] for r in stage.reads}
+        kind = type(stage).__name__
+        payload = {"kind": kind, "values": values, "reads": reads,
+                   "format_version": getattr(stage, "format_version", 1)}
+        out[stage.name] = (config_hash(payload), values, reads)
+    return out
+
+
+def explain_change(old: dict, values: dict, reads: dict) -> str:
+    """What differs between a marker ``old`` and the current values / input fingerprints, for the log."""
+    if old.get("format") != FORMAT:
+        return "its outputs were made by an older weakseg (no per-stage fingerprint)"
+    parts = []
+    before = old.get("values", {})
+    for key in sorted(set(before) | set(values)):
+        if before.get(key, "<absent>") != values.get(key, "<absent>"):
+            parts.append(f"{key} changed ({before.get(key, '<absent>')!r} → {values.get(key, '<absent>')!r})")
+    for name in sorted(set(old.get("reads", {})) | set(reads)):
+        if old.get("reads", {}).get(name) != reads.get(name):
+            parts.append(f"input stage {name} changed")
+    return "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "") or "its settings changed"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# selection and the run
 
 
 def method_stages(cfg: Config) -> list:
-    cls = METHODS[cfg.method.name]
-    if not hasattr(cls, "stages"):
+    stages = METHODS[cfg.method.name].stages(cfg)
+    if not stages:
         raise ConfigError(f"method {cfg.method.name!r} is single-stage: use `weakseg train`")
-    return cls.stages(cfg)
+    return stages
 
 
 def select_stages(stages: list, from_stage: str | None, only: list[str] | None) -> list:
@@ -55,12 +136,28 @@ def select_stages(stages: list, from_stage: str | None, only: list[str] | None) 
     return stages
 
 
-def is_done(stage_dir: Path, h: str) -> bool:
-    marker = stage_dir / DONE
-    if not marker.exists():
-        return False
-    info = load_json(marker)
-    return info.get("config_hash") == h
+def _clear(sdir: Path) -> None:
+    if wdist.is_main() and sdir.exists():
+        shutil.rmtree(sdir)
+    wdist.barrier()
+
+
+def _load_weights(module, path: Path) -> None:
+    module.load_state_dict(load_checkpoint(path)["model"], strict=True)
+
+
+def _evaluate(method, dataset, out_dir: Path, *, cfg: Config, meta, device, amp_dtype) -> dict:
+    method.to(device)
+    return evaluate(method, dataset, cfg.eval, meta, out_dir, device, mean=cfg.data.mean, std=cfg.data.std,
+                    amp_dtype=amp_dtype, channels_last=cfg.engine.channels_last)
+
+
+def make_context(cfg: Config, device: torch.device) -> StageContext:
+    meta = builders.dataset_meta(cfg)
+    amp_dtype = autocast_dtype(cfg.eval.amp, device)  # inference stages: fp32 unless eval.amp asks
+    return StageContext(cfg=cfg, work_dir=resolve_work_dir(cfg), meta=meta, device=device, amp_dtype=amp_dtype,
+                        evaluate=functools.partial(_evaluate, cfg=cfg, meta=meta, device=device, amp_dtype=amp_dtype),
+                        load_weights=_load_weights)
 
 
 def run_pipeline(cfg: Config, from_stage: str | None = None, only: list[str] | None = None,
@@ -69,101 +166,167 @@ def run_pipeline(cfg: Config, from_stage: str | None = None, only: list[str] | N
 
     Returns ``{stage: info}`` with the completion info of every stage that ran or was already complete.
     """
+    from weakseg.engine.runtime import WorkDirLock
+
     device = wdist.init_distributed(cfg.engine.device)
     if cfg.engine.threads:  # per-image stages run in this process too, not only the trainer
         torch.set_num_threads(cfg.engine.threads)
     work_dir = resolve_work_dir(cfg)
-    setup_logging(work_dir, "run.log")
-    if wdist.is_main():
-        write_text_atomic(work_dir / "config.yaml", dump_yaml(cfg))
-    meta = builders.dataset_meta(cfg)
-    amp_dtype = autocast_dtype(cfg.eval.amp, device)  # inference stages: fp32 unless eval.amp asks
-
-    def evaluate_fn(method, dataset, out_dir: Path) -> dict:
-        method.to(device)
-        return evaluate(method, dataset, cfg.eval, meta, out_dir, device, mean=cfg.data.mean, std=cfg.data.std,
-                        amp_dtype=amp_dtype, channels_last=cfg.engine.channels_last)
-
-    def load_weights(module, path: Path) -> None:
-        module.load_state_dict(load_checkpoint(path)["model"], strict=True)
-
-    ctx = StageContext(cfg=cfg, work_dir=work_dir, meta=meta, device=device, amp_dtype=amp_dtype,
-                       evaluate=evaluate_fn, load_weights=load_weights)
-    h = stage_hash(cfg)
-    stages = method_stages(cfg)
-    chosen = select_stages(stages, from_stage, only)
-    summary = {}
-    for stage in chosen:
-        sdir = ctx.dir(stage.name)
-        if force and wdist.is_main() and sdir.exists():
-            log.info("stage %s: removing previous outputs (forced re-run)", stage.name)
-            shutil.rmtree(sdir)
-        wdist.barrier()
-        if is_done(sdir, h):
-            log.info("stage %s: complete (%s), skipped", stage.name, sdir / DONE)
-            summary[stage.name] = load_json(sdir / DONE)
-            continue
-        if (sdir / DONE).exists():
-            raise ConfigError(f"stage {stage.name}: {sdir} was made with another configuration; re-run it with "
-                              f"--from {stage.name} --force (or delete the folder)")
-        for needed in stage.reads:
-            if not (ctx.dir(needed) / DONE).exists():
-                raise FileNotFoundError(f"stage {stage.name} reads {ctx.dir(needed)}, which is not complete: run "
-                                        f"stage {needed} first")
-        t0 = time.time()
-        log.info("stage %s: start", stage.name)
-        if isinstance(stage, TrainStage):
-            info = _run_train(stage, ctx, sdir)
-        elif isinstance(stage, PerImageStage):
-            info = _run_per_image(stage, ctx, sdir)
-        elif isinstance(stage, EvalStage):
-            info = _run_eval(stage, ctx, sdir)
-        else:  # pragma: no cover - a programming error in a method
-            raise TypeError(f"unknown stage type {type(stage).__name__}")
-        info.update(stage=stage.name, config_hash=h, seconds=round(time.time() - t0, 1))
+    with WorkDirLock(work_dir, "weakseg run"):
+        setup_logging(work_dir, "run.log")
         if wdist.is_main():
-            write_json_atomic(sdir / DONE, info)
-        wdist.barrier()
-        log.info("stage %s: done in %.1f s", stage.name, info["seconds"])
-        summary[stage.name] = info
+            write_text_atomic(work_dir / "config.yaml", dump_yaml(cfg))
+        ctx = make_context(cfg, device)
+        stages = method_stages(cfg)
+        prints = fingerprints(stages, cfg)
+        summary = {}
+        for stage in select_stages(stages, from_stage, only):
+            summary[stage.name] = _run_stage(stage, ctx, prints[stage.name], force and bool(from_stage or only))
     return summary
 
 
+def _run_stage(stage, ctx: StageContext, fingerprint: tuple[str, dict, dict], force: bool) -> dict:
+    h, values, reads = fingerprint
+    sdir = ctx.dir(stage.name)
+    if force:
+        log.info("stage %s: removing previous outputs (forced re-run)", stage.name)
+        _clear(sdir)
+    done = sdir / DONE
+    if done.exists():
+        old = load_json(done)
+        if old.get("fingerprint") == h:
+            log.info("stage %s: complete (%s), skipped", stage.name, done)
+            return old
+        log.info("stage %s: re-running: %s", stage.name, explain_change(old, values, reads))
+        _clear(sdir)
+    elif (sdir / STARTED).exists():
+        old = load_json(sdir / STARTED)
+        if old.get("fingerprint") != h:
+            log.info("stage %s: discarding an unfinished run made with other settings: %s", stage.name,
+                     explain_change(old, values, reads))
+            _clear(sdir)
+        else:
+            log.info("stage %s: resuming an unfinished run", stage.name)
+    for needed in stage.reads:
+        marker = ctx.dir(needed) / DONE
+        if not marker.exists() or load_json(marker).get("fingerprint") != reads[needed]:
+            raise FileNotFoundError(f"stage {stage.name} reads {ctx.dir(needed)}, which is not complete for the "
+                                    f"current settings: run stage {needed} first (e.g. --from {needed})")
+    marker = {"stage": stage.name, "format": FORMAT, "fingerprint": h, "values": values, "reads": reads}
+    if wdist.is_main():
+        write_json_atomic(sdir / STARTED, marker)
+    wdist.barrier()
+    t0 = time.time()
+    log.info("stage %s: start", stage.name)
+    if isinstance(stage, TrainStage):
+        info = _run_train(stage, ctx, sdir)
+    elif isinstance(stage, PerImageStage):
+        info = _run_per_image(stage, ctx, sdir)
+    elif isinstance(stage, EvalStage):
+        info = _run_eval(stage, ctx, sdir)
+    else:  # pragma: no cover - a programming error in a method
+        raise TypeError(f"unknown stage type {type(stage).__name__}")
+    info.update(marker, seconds=round(time.time() - t0, 1))
+    if wdist.is_main():
+        write_json_atomic(sdir / DONE, info)
+        (sdir / STARTED).unlink(missing_ok=True)
+    wdist.barrier()
+    log.info("stage %s: done in %.1f s", stage.name, info["seconds"])
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the three kinds of stage
+
+
+def stage_config(cfg: Config, section: Any) -> Config:
+    """The run config a training stage trains with: the stage section's model / optim / schedule / batch / best in
+    place of the run's (engine and data settings otherwise kept)."""
+    if section is None:
+        return cfg
+    # periodic validation on data.val_list is for the final network; a stage selects with its own ``best``
+    engine = dataclasses.replace(cfg.engine, batch_size=section.batch_size, best=section.best, eval_interval=0)
+    return dataclasses.replace(cfg, model=section.model, optim=section.optim, schedule=section.schedule,
+                               engine=engine)
+
+
 def _run_train(stage: TrainStage, ctx: StageContext, sdir: Path) -> dict:
-    method, dataset, overrides = stage.build(ctx)
-    cfg = config_from_dict(to_dict(ctx.cfg), overrides, source=f"stage {stage.name}")
-    trainer = Trainer(cfg, resume=True, method=method, train_dataset=dataset, work_dir=sdir)
+    job = stage.build(ctx)
+    section = get_path(ctx.cfg, stage.section) if stage.section else None
+    trainer = Trainer(stage_config(ctx.cfg, section), resume=True, method=job.module, train_dataset=job.dataset,
+                      work_dir=sdir, holdout_dataset=job.holdout)
     path = trainer.fit()
     setup_logging(ctx.work_dir, "run.log")  # the trainer logged into the stage folder
-    return {"format_version": 1, "checkpoint": str(path), "iterations": trainer.iters}
+    info = {"checkpoint": str(path), "iterations": trainer.iters}
+    if (sdir / "model_best.pth").is_file():
+        info["best_checkpoint"] = str(sdir / "model_best.pth")
+    return info
+
+
+def stage_workers(requested: int | None, device: torch.device, todo: int) -> int:
+    """Processes per rank for a per-image stage: ``engine.stage_workers``, or on CPU the cores of this rank (at
+    most one per 4 items, so that tiny stages do not pay for process start-up); 1 on CUDA."""
+    if requested is not None:
+        return max(1, requested)
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores // wdist.world_size(), todo // 4))
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(setup, process, ext: str, ctx: StageContext, sdir: Path) -> None:
+    torch.set_num_threads(1)  # one process per core
+    _WORKER.update(process=process, ext=ext, sdir=sdir)
+    try:
+        _WORKER["state"] = setup(ctx)
+    except BaseException as exc:  # re-raised by the first item: a failing initializer would be restarted forever
+        _WORKER["error"] = exc
+
+
+def _worker_process(item: str) -> str:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    _WORKER["process"](_WORKER["state"], item, _WORKER["sdir"] / f"{item}{_WORKER['ext']}")
+    return item
 
 
 def _run_per_image(stage: PerImageStage, ctx: StageContext, sdir: Path) -> dict:
-    ids = stage.ids(ctx)
-    if not ids:
-        raise ValueError(f"stage {stage.name}: no images to process")
-    mine = wdist.shard(ids)
+    items = stage.items(ctx)
+    if not items:
+        raise ValueError(f"stage {stage.name}: nothing to process")
+    mine = wdist.shard(items)
     todo = [i for i in mine if not (sdir / f"{i}{stage.ext}").exists()]
-    log.info("stage %s: %d images (%d on this rank, %d left)", stage.name, len(ids), len(mine), len(todo))
+    workers = stage_workers(ctx.cfg.engine.stage_workers, ctx.device, len(todo))
+    log.info("stage %s: %d items (%d on this rank, %d left, %d process%s)", stage.name, len(items), len(mine),
+             len(todo), workers, "es" if workers > 1 else "")
     sdir.mkdir(parents=True, exist_ok=True)
     if todo:
-        state = stage.setup(ctx)
-        from tqdm import tqdm
-
-        bar = tqdm(todo, desc=stage.name, dynamic_ncols=True, mininterval=2.0, file=sys.stderr,
-                   disable=not wdist.is_main())
-        for sample_id in bar:
-            stage.process(state, sample_id, sdir / f"{sample_id}{stage.ext}")
+        bar = progress(total=len(todo), desc=stage.name)
+        if workers == 1:
+            state = stage.setup(ctx)
+            for item in todo:
+                stage.process(state, item, sdir / f"{item}{stage.ext}")
+                bar.update(1)
+        else:
+            # spawned workers (fork is unsafe once torch's thread pools exist); each loads the stage state once
+            args = (stage.setup, stage.process, stage.ext, ctx, sdir)
+            with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=args) as pool:
+                for _ in pool.imap_unordered(_worker_process, todo):
+                    bar.update(1)
+        bar.close()
     wdist.barrier()
-    missing = [i for i in ids if not (sdir / f"{i}{stage.ext}").exists()]
+    missing = [i for i in items if not (sdir / f"{i}{stage.ext}").exists()]
     if missing:
         raise RuntimeError(f"stage {stage.name}: {len(missing)} outputs missing after the run (e.g. {missing[0]})")
-    return {"format_version": stage.format_version, "count": len(ids), "ext": stage.ext}
+    return {"format_version": stage.format_version, "count": len(items), "ext": stage.ext}
 
 
 def _run_eval(stage: EvalStage, ctx: StageContext, sdir: Path) -> dict:
     metrics = stage.run(ctx)
     if wdist.is_main():
+        sdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(sdir / "metrics.json", metrics)
-    return {"format_version": 1, "miou": metrics.get("miou")}
-
+    return {"miou": metrics.get("miou")}

@@ -6,6 +6,11 @@ A method is an ``nn.Module`` that owns its network(s) and losses, built from its
   backward) and logged-only metrics. ``forward`` calls it, so the engine can wrap the method in DDP.
 * ``predict(images) -> N×C×H×W`` float logits at the input resolution, used by evaluation and prediction.
 * ``param_groups() -> {name: [params]}``: named parameter groups for per-group LR / weight-decay multipliers.
+* ``build_model(model_cfg, num_classes) -> nn.Module`` (a hook): the network ``self.model``; the default is
+  ``build_segmentor`` (backbone + head); methods with their own network (BLPSeg's annotation branch, two-branch
+  models) override it and keep the rest of the base class.
+* ``stages(cfg) -> list`` (a classmethod): the stages of a multi-stage method for ``weakseg run`` (stage kit,
+  weakseg/methods/kit); empty for single-stage methods.
 
 A method never creates optimisers, DataLoaders, DDP wrappers, progress bars or checkpoints.
 """
@@ -40,15 +45,18 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.model = build_segmentor(
-            model_cfg.backbone,
-            model_cfg.head,
-            num_classes,
-            pretrained=model_cfg.pretrained,
-            output_stride=model_cfg.output_stride,
-            norm=model_cfg.norm,
-            head_kwargs=dict(model_cfg.head_kwargs),
-        )
+        self.model = self.build_model(model_cfg, num_classes)
+
+    def build_model(self, model_cfg, num_classes: int) -> nn.Module:
+        """The method's network from the ``model`` section (``self.cfg`` is set): backbone + head by default."""
+        return build_segmentor(model_cfg.backbone, model_cfg.head, num_classes, pretrained=model_cfg.pretrained,
+                               output_stride=model_cfg.output_stride, norm=model_cfg.norm,
+                               head_kwargs=dict(model_cfg.head_kwargs))
+
+    @classmethod
+    def stages(cls, cfg) -> list:
+        """The stages ``weakseg run`` executes (multi-stage methods); single-stage methods have none."""
+        return []
 
     def forward(self, batch: dict, step: int) -> dict:
         return self.training_step(batch, step)

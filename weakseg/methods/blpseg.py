@@ -45,19 +45,20 @@ class BLPSeg(Method):
     supervision = "scribble"
 
     def __init__(self, cfg: BLPSegConfig, model_cfg, num_classes: int):
-        torch.nn.Module.__init__(self)
         if model_cfg.head != "uper":
             raise ValueError(f"BLPSeg is built on the PPM + UPerNet decoder: set model.head: uper "
                              f"(got {model_cfg.head!r})")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.model = BLPSegNet(model_cfg.backbone, num_classes, pretrained=model_cfg.pretrained,
-                               output_stride=model_cfg.output_stride, norm=model_cfg.norm,
-                               channels=cfg.decoder_channels, with_embed=cfg.use_lam, **dict(model_cfg.head_kwargs))
+        super().__init__(cfg, model_cfg, num_classes)
         self.lam = LAM(sigma=cfg.lam_sigma, radius=cfg.lam_radius) if cfg.use_lam else None
         self.loss_annotation = AnnotationCELoss(num_classes, unlabeled_weight=cfg.unlabeled_weight)
         # γ = 0 makes every weight 1: per-image mean CE over the supervised pixels (the "without BLP" ablation)
         self.loss_blp = BLPLoss(gamma=cfg.gamma if cfg.use_blp else 0.0)
+
+    def build_model(self, model_cfg, num_classes: int) -> BLPSegNet:
+        """Backbone + PPM/UPerNet with the segmentation, annotation and (with LAM) patch-embedding branches."""
+        return BLPSegNet(model_cfg.backbone, num_classes, pretrained=model_cfg.pretrained,
+                         output_stride=model_cfg.output_stride, norm=model_cfg.norm,
+                         channels=self.cfg.decoder_channels, with_embed=self.cfg.use_lam, **dict(model_cfg.head_kwargs))
 
     def segment(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """Stride-4 segmentation logits after LAM (N×C×h×w)."""

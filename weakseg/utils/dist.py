@@ -70,3 +70,18 @@ def shard(items: list, rank_: int | None = None, world: int | None = None) -> li
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     return sorted(items)[r::w]
+
+
+def all_reduce_sum(*tensors: torch.Tensor, device: torch.device | None = None) -> None:
+    """Sum CPU tensors over all ranks in place (a no-op without torchrun).
+
+    NCCL reduces only CUDA tensors, so under ``nccl`` each tensor makes a round trip through ``device``; under
+    ``gloo`` they are reduced where they are.
+    """
+    if not is_distributed():
+        return
+    on = device if device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
+    for t in tensors:
+        buf = t.to(on)
+        dist.all_reduce(buf)
+        t.copy_(buf.cpu() if t.device.type == "cpu" else buf)
