@@ -102,7 +102,9 @@ def predict_images(method, meta: DatasetMeta, inputs: list[str], out_dir: Path, 
             k += 1
         batch = torch.stack([_normalize(img, mean, std) for _, img in group]).to(device)
         probs = infer_probs(predict_fn, batch, scales=ev.scales, flip=ev.flip, average=ev.average, mode=ev.mode,
-                            crop=ev.crop_size, stride=ev.stride).cpu()
+                            crop=ev.crop_size, stride=ev.stride, resize=ev.resize, long_side=ev.long_side,
+                            pad=ev.pad, align_corners=ev.align_corners,
+                            image_resize=ev.image_resize).cpu()
         for (sample_id, img), p in zip(group, probs):
             if save_probs:
                 with atomic_path(out_dir / "probs" / f"{sample_id}.npy") as tmp:
