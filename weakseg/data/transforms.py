@@ -571,13 +571,21 @@ def build_train_transforms(
     """Training pipeline in BLPSeg order: flip → random scale → colour jitter → normalize → crop → tensors.
 
     ``crop_size`` None skips cropping, ``scale_range`` None skips scaling, ``color_jitter`` is (brightness, contrast,
-    saturation, hue) or None.
+    saturation, hue) or None. ``scale_choices`` (a list) replaces the uniform range by a uniform pick among discrete
+    scales; with ``crop_policy="corner"`` small images are padded on the bottom/right with the mean colour (image)
+    and 255 (labels): DeepLab-v2's recipe (kazuto1011/deeplab-pytorch). ``image_resize`` is the interpolation of the
+    image when scaling (bicubic: BLPSeg, BES; bilinear: DeepLab-v2).
     """
     ts: list[Callable] = []
     if flip_prob > 0:
+    *,
+    scale_choices: Sequence[float] | None = None,
+    image_resize: str = "bicubic",
         ts.append(RandomHFlip(flip_prob))
-    if scale_range is not None:
-        ts.append(RandomScale(scale_range))
+    if scale_choices is not None:
+        ts.append(RandomScale(image_mode=image_resize, choices=scale_choices))
+    elif scale_range is not None:
+        ts.append(RandomScale(scale_range, image_resize))
     if color_jitter is not None:
         ts.append(ColorJitter(*color_jitter))
     ts.append(Normalize(mean, std))

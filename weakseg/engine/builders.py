@@ -27,7 +27,8 @@ def build_train_dataset(cfg: Config, supervision: str, meta: DatasetMeta, extra_
     if transform is None:
         transform = build_train_transforms(
             crop_size=d.crop_size, scale_range=d.scale_range, flip_prob=d.flip_prob, color_jitter=d.color_jitter,
-            mean=d.mean, std=d.std,
+            mean=d.mean, std=d.std, crop_policy=d.crop_policy, scale_choices=d.scale_choices,
+            image_resize=d.image_resize,
         )
     return build_dataset(d, meta, list_file, split="train", supervision=supervision, maps=extra_maps,
                          transform=transform, saliency_dir=d.saliency_dir)

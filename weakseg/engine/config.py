@@ -43,6 +43,9 @@ class DataConfig:
     tags_file: str | None = None  # JSON {id: [class ids]} when tags_source = file
     crop_size: int = 321  # square training crop
     scale_range: tuple[float, float] = (0.5, 1.5)  # random scale range
+    scale_choices: tuple[float, ...] | None = None  # discrete training scales instead of the range (DeepLab-v2)
+    crop_policy: str = "paste"  # where small images sit in the crop: paste (random) | center | corner (DeepLab-v2)
+    image_resize: str = "bicubic"  # image interpolation of the random scale: bicubic | bilinear (DeepLab-v2)
     flip_prob: float = 0.5  # horizontal flip probability
     color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB mean after /255
@@ -122,7 +125,7 @@ class EngineConfig:
 class EvalConfig:
     scales: tuple[float, ...] = (1.0,)  # test scales
     flip: bool = False  # add horizontally flipped passes
-    average: str = "logit"  # logit | prob: what is averaged over scales/flips
+    average: str = "logit"  # logit | prob: what is averaged over scales/flips; max: maximum of logits (DeepLab-v2)
     mode: str = "whole"  # whole | slide
     crop_size: int = 513  # sliding-window size
     stride: int = 341  # sliding-window stride
@@ -130,6 +133,7 @@ class EvalConfig:
     long_side: int = 512  # base long side of resize: long_side
     pad: str = "corner"  # sliding-window padding of small images: corner (bottom/right) | center (CDSP)
     align_corners: bool = False  # bilinear resize of the predictions back to the image size
+    image_resize: str = "bilinear"  # interpolation of the test-scale image rescale: bilinear | bicubic (BLPSeg)
     crf: str | None = None  # CRF preset name (None = off)
     absent: str = "zero"  # absent-class policy for mIoU: zero | nan
     save_predictions: bool = True  # write palette PNGs of the predictions
@@ -360,7 +364,10 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         validate_training_sections(section, path + ".", source)
     choices = {
         "engine.amp": (cfg.engine.amp, ("auto", "bf16", "fp16", "none")),
-        "eval.average": (cfg.eval.average, ("logit", "prob")),
+        "eval.average": (cfg.eval.average, ("logit", "prob", "max")),
+        "eval.image_resize": (cfg.eval.image_resize, ("bilinear", "bicubic")),
+        "data.image_resize": (cfg.data.image_resize, ("bilinear", "bicubic")),
+        "data.crop_policy": (cfg.data.crop_policy, ("paste", "center", "corner")),
         "eval.mode": (cfg.eval.mode, ("whole", "slide")),
         "eval.resize": (cfg.eval.resize, ("scale", "long_side")),
         "eval.pad": (cfg.eval.pad, ("corner", "center")),

@@ -19,7 +19,8 @@ def run_train_transforms(cfg):
     """The run's training augmentation (``data`` section), as ``weakseg train`` builds it."""
     d = cfg.data
     return build_train_transforms(crop_size=d.crop_size, scale_range=tuple(d.scale_range), flip_prob=d.flip_prob,
-                                  color_jitter=d.color_jitter, mean=d.mean, std=d.std)
+                                  color_jitter=d.color_jitter, mean=d.mean, std=d.std, crop_policy=d.crop_policy,
+                                  scale_choices=d.scale_choices, image_resize=d.image_resize)
 
 
 def build_final_method(ctx: StageContext, cls, pretrained: bool):
