@@ -196,29 +196,37 @@ class Compose:
 
 
 class RandomScale:
-    """Resize all maps by one factor s ~ U(scale_range) (BLPSeg [0.75, 1.25], CDSP [0.5, 2.0], BES [0.5, 1.5]).
+    """Resize all maps by one factor s ~ U(scale_range) (BLPSeg [0.75, 1.25], CDSP [0.5, 2.0], BES [0.5, 1.5]), or
+    s drawn uniformly from the discrete ``choices`` (DeepLab-v2's recipe: 0.5, 0.75, 1.0, 1.25, 1.5).
 
     The image is resized bicubically (``image_mode``), dense labels nearest, scribbles ``sparse`` (no stroke pixel
     vanishes when downscaling), float maps bilinearly. The new size is round(H·s) × round(W·s).
     """
 
-    def __init__(self, scale_range: tuple[float, float] = (0.75, 1.25), image_mode: str = "bicubic"):
+    def __init__(self, scale_range: tuple[float, float] = (0.75, 1.25), image_mode: str = "bicubic", *,
+                 choices: Sequence[float] | None = None):
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         if image_mode not in _PIL_MODES:
             raise ValueError(f"image_mode must be one of {sorted(_PIL_MODES)}, got {image_mode!r}")
+        if choices is not None and (not len(choices) or any(c <= 0 for c in choices)):
+            raise ValueError(f"scale choices must be a non-empty list of positive numbers, got {choices}")
         self.scale_range = (float(lo), float(hi))
         self.image_mode = image_mode
+        self.choices = None if choices is None else tuple(float(c) for c in choices)
 
     def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
         rng = default_rng() if rng is None else rng
-        s = rng.uniform(*self.scale_range)
+        if self.choices is not None:
+            s = self.choices[int(rng.integers(0, len(self.choices)))]
+        else:
+            s = rng.uniform(*self.scale_range)
         h, w = sample_size(sample)
         return _resize_sample(sample, (_scaled(h, s), _scaled(w, s)), self.image_mode)
 
     def __repr__(self) -> str:
-        return f"RandomScale({self.scale_range})"
+        return f"RandomScale(choices={self.choices})" if self.choices else f"RandomScale({self.scale_range})"
 
 
 class ResizeLongSide:
@@ -567,6 +575,9 @@ def build_train_transforms(
     std: Sequence[float] = IMAGENET_STD,
     crop_policy: str = "paste",
     seed: int | None = None,
+    *,
+    scale_choices: Sequence[float] | None = None,
+    image_resize: str = "bicubic",
 ) -> Compose:
     """Training pipeline in BLPSeg order: flip → random scale → colour jitter → normalize → crop → tensors.
 
@@ -578,9 +589,6 @@ def build_train_transforms(
     """
     ts: list[Callable] = []
     if flip_prob > 0:
-    *,
-    scale_choices: Sequence[float] | None = None,
-    image_resize: str = "bicubic",
         ts.append(RandomHFlip(flip_prob))
     if scale_choices is not None:
         ts.append(RandomScale(image_mode=image_resize, choices=scale_choices))
