@@ -115,7 +115,8 @@ def evaluate(method, dataset, ev, meta: DatasetMeta, out_dir: Path, device: torc
     def run_group(group: list[dict]) -> None:
         images_t = torch.stack([g["image"] for g in group]).to(device)
         probs = infer_probs(predict_fn, images_t, scales=ev.scales, flip=ev.flip, average=ev.average, mode=ev.mode,
-                            crop=ev.crop_size, stride=ev.stride)
+                            crop=ev.crop_size, stride=ev.stride, resize=ev.resize, long_side=ev.long_side,
+                            pad=ev.pad, align_corners=ev.align_corners)
         for sample, p in zip(group, probs):
             label = np.asarray(sample["label"])
             need_image = crf is not None or len(overlays) < ev.save_overlays
