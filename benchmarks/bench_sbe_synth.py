@@ -1,7 +1,7 @@
 """BES and SBE on the synthetic benchmark (image-level tags only), next to full supervision (methods.md §4).
 
     python benchmarks/bench_sbe_synth.py                          # 1000 images of 128², CPU presets, 1 thread
-    python benchmarks/bench_sbe_synth.py --num 400 --set method.exp_times=6   # a reduced run
+    python benchmarks/bench_sbe_synth.py --num 400 --set method.walk.exp_times=6   # a reduced run
 
 Rows: mIoU of the CAMs (eval_cam, training split), of the pseudo-masks (eval_pseudo_masks, training split) and of
 the final DeepLab-v2 trained on them (evaluate, val split), for BES and SBE; and the same DeepLab-v2 with the same
@@ -21,7 +21,6 @@ Results go to ``benchmarks/results/sbe_synth.{json,md}``; the run folders to ``-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ from PIL import Image
 
 from weakseg.data.synth import generate_synth
 from weakseg.engine.config import config_from_dict, load_config, read_preset
-from weakseg.engine.pipeline import run_pipeline, stage_hash
+from weakseg.engine.pipeline import fingerprints, method_stages, run_pipeline
 from weakseg.engine.trainer import train
 from weakseg.utils.io import save_label_png, write_json_atomic, write_text_atomic
 
@@ -70,21 +69,21 @@ def oracle_saliency(root: Path, sigma: float, noise: float, seed: int) -> int:
 
 
 def share_cam_stages(bes_cfg, sbe_cfg) -> None:
-    """Reuse BES's train_cam / make_cam in the SBE run when their settings agree (they do in the presets: only
-    ``cam_eval_thres`` differs, which eval_cam reads). The copied ``_done.json`` get SBE's configuration hash and a
-    ``shared_from`` entry. Saves ~5 min; the SBE row's time then excludes these two stages."""
-    same = all(getattr(bes_cfg.method, f.name) == getattr(sbe_cfg.method, f.name)
-               for f in dataclasses.fields(bes_cfg.method) if f.name.startswith("cam_") and f.name != "cam_eval_thres")
-    if not same or bes_cfg.model != sbe_cfg.model or bes_cfg.data.train_list != sbe_cfg.data.train_list:
-        return
+    """Reuse BES's train_cam / make_cam in the SBE run when their fingerprints agree (they do in the presets: the
+    CAM settings are the same, only eval_cam's threshold differs). The copies get a ``shared_from`` entry. Saves
+    ~5 min; the SBE row's time then excludes these two stages."""
+    bes_prints = fingerprints(method_stages(bes_cfg), bes_cfg)
+    sbe_prints = fingerprints(method_stages(sbe_cfg), sbe_cfg)
     bes_work, sbe_work = Path(bes_cfg.engine.work_dir), Path(sbe_cfg.engine.work_dir)
     for stage in ("train_cam", "make_cam"):
         src, dst = bes_work / stage, sbe_work / stage
+        if bes_prints[stage][0] != sbe_prints[stage][0]:
+            return
         if (dst / "_done.json").exists() or not (src / "_done.json").exists():
             continue
         shutil.copytree(src, dst, dirs_exist_ok=True)
         done = json.loads((dst / "_done.json").read_text())
-        done.update(config_hash=stage_hash(sbe_cfg), shared_from=str(src))
+        done.update(shared_from=str(src))
         write_json_atomic(dst / "_done.json", done)
 
 

@@ -298,8 +298,14 @@ def test_changed_value_reruns_exactly_the_downstream_stages(synth, bes_run, tmp_
     # unchanged settings: nothing runs again
     run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0"]))
     assert {n: (work / n / "_done.json").stat().st_mtime_ns for n in BES_STAGES} == after
+    # eval_cam's threshold is read by eval_cam alone (it lives in the CAM section but does not touch the CAMs)
+    run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0", "method.cam.eval_thres=0.5"]))
+    now = {n: (work / n / "_done.json").stat().st_mtime_ns for n in BES_STAGES}
+    assert [n for n in BES_STAGES if now[n] != after[n]] == ["eval_cam"]
+    after = now
     # a CAM training value: everything from train_cam
-    run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0", "method.cam.optim.lr=2.0e-4"]))
+    run_pipeline(tiny_cfg("bes", synth, work, ["method.walk.beta=3.0", "method.cam.eval_thres=0.5",
+                                               "method.cam.optim.lr=2.0e-4"]))
     again = {name: (work / name / "_done.json").stat().st_mtime_ns for name in BES_STAGES}
     assert all(again[n] != after[n] for n in BES_STAGES)
     assert "stage train_cam: re-running: method.cam.optim.lr changed (0.0001 → 0.0002)" in (work / "run.log").read_text()

@@ -1,7 +1,7 @@
 """``weakseg run``: executes the stages a multi-stage method declares (``Method.stages(cfg)``), in order.
 
-Fingerprints: a stage's fingerprint hashes the config values it declares (``stage.config``; a training stage adds
-its typed section) and the fingerprints of the stages it reads. A stage whose ``_done.json`` holds the current
+Fingerprints: a stage's fingerprint hashes the config values it declares (``stage.config``) and the fingerprints of
+the stages it reads. A stage whose ``_done.json`` holds the current
 fingerprint is skipped; otherwise it is re-run from scratch with a log line naming what changed (a value, or an input
 stage), and every stage downstream of it follows because its inputs' fingerprints changed. Untouched upstream stages
 are kept. ``_started.json`` records the fingerprint of a stage in progress, so an interrupted stage resumes (image by
@@ -57,13 +57,10 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def stage_values(stage, cfg_dict: dict) -> dict[str, Any]:
-    """``{dotted leaf key: value}`` of the config values ``stage`` depends on (its ``config`` paths, plus the
-    typed section of a training stage); ``-path`` entries remove keys."""
-    paths = list(stage.config)
-    if isinstance(stage, TrainStage) and stage.section:
-        paths.append(stage.section)
+    """``{dotted leaf key: value}`` of the config values ``stage`` depends on (its ``config`` paths; ``-path``
+    entries remove keys)."""
     values: dict[str, Any] = {}
-    for path in paths:
+    for path in stage.config:
         drop = path.startswith("-")
         key = path.lstrip("-")
         try:
