@@ -177,6 +177,10 @@ def create_app(store: LabelStore, token: str, overlay=None, max_request_bytes: i
 
 def serve(app: Flask, host: str = "127.0.0.1", port: int = 0):
     """A started threaded werkzeug server (``server.serve_forever()`` runs it; ``server.port`` is the bound port)."""
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
-    return make_server(host, port, app, threaded=True)
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, code="-", size="-") -> None:  # one line per stroke save would drown the console
+            pass
+
+    return make_server(host, port, app, threaded=True, request_handler=QuietHandler)
