@@ -208,7 +208,8 @@ def test_blpseg_cli_train_resume_and_eval(synth_root, tmp_path, capsys):
     # continue the finished 2-iteration run to 4 iterations: starts from the checkpoint, crosses self_training_start
     assert main([*args, "--set", "schedule.iters=4", "--resume"]) == 0
     log = (work / "train.log").read_text()
-    assert "resumed from" in log and "it 3/4" in log and "self_training 1.0000" in log
+    # the running averages continue from the checkpoint: self_training 0 → 1 shows as 0.1 (0.9 · 0 + 0.1 · 1)
+    assert "resumed from" in log and "it 3/4" in log and "self_training 0.1000" in log
     assert "self_training 0.0000" in log  # iterations 1–2 trained on the scribbles
     assert "different settings" not in log   # a longer schedule is what resuming is for
     final = load_checkpoint(work / "model_final.pth")

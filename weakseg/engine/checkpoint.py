@@ -1,5 +1,8 @@
-"""Checkpoints: the unwrapped model state, optimiser, scaler, iteration, RNG states and the resolved config,
-written atomically and loaded with ``weights_only=True`` (untrusted files cannot execute code)."""
+"""Checkpoints: the unwrapped model state, optimiser, scaler, iteration, the random states of the process (torch
+CPU/CUDA, numpy, python), the trainer's own state (running loss averages, best-snapshot tracker, skipped steps, log
+position) and the resolved config, written atomically and loaded with ``weights_only=True`` (untrusted files cannot
+execute code). A write that fails (full disk, read-only folder) raises naming the file and leaves the previous
+checkpoints untouched."""
 
 from __future__ import annotations
 
@@ -7,28 +10,24 @@ import io
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from weakseg.engine.runtime import rng_state, set_rng_state
 from weakseg.utils.io import write_bytes_atomic
 
 _ITER_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 def save_checkpoint(path: str | Path, *, model_state: dict, optimizer=None, scaler=None, iteration: int,
-                    config: dict, extra: dict | None = None) -> None:
-    np_state = np.random.get_state()
+                    config: dict, extra: dict | None = None, trainer_state: dict | None = None) -> None:
     state = {
         "model": model_state,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "iteration": int(iteration),
         "config": config,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]),
-        },
+        "rng": rng_state(),
+        "trainer": trainer_state or {},
         "extra": extra or {},
     }
     buf = io.BytesIO()
@@ -51,11 +50,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def restore_rng(ckpt: dict) -> None:
-    rng = ckpt.get("rng") or {}
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    if "numpy_keys" in rng:
-        np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+    """Put the process's random states back to those saved in ``ckpt``."""
+    set_rng_state(ckpt.get("rng") or {})
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:

@@ -23,19 +23,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
 
     The temporary file keeps the final suffix so that writers that infer the format from the name work.
-    On error the temporary file is removed and ``path`` is left untouched.
+    On error the temporary file is removed and ``path`` is left untouched; an ``OSError`` (full disk, read-only
+    folder, missing permission) becomes a :class:`WriteError` whose message names ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError.of(path, exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError.of(path, exc) from exc
         raise
 
 
@@ -133,6 +139,17 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the problem."""
+
+
+class WriteError(OSError):
+    """An output file could not be written (disk full, read-only folder, ...); the message names the file.
+    ``errno`` is the underlying error's."""
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, exc: OSError) -> "WriteError":
+        err = cls(f"{path}: cannot write ({exc.strerror or exc})")
+        err.errno = exc.errno
+        return err
 
 
 def load_json(path: str | os.PathLike):
