@@ -230,3 +230,20 @@ def test_overlay_from_a_checkpoint(folder, tmp_path, one_thread):
         from weakseg.annotate.store import read_classes_file
 
         ModelOverlay(ckpt, read_classes_file(tmp_path / "two.txt"))
+
+
+def test_command_reports_a_bad_folder_in_one_line(tmp_path, capsys):
+    from weakseg.cli import main
+
+    (tmp_path / "classes.txt").write_text("background\nhorse\n")
+    rc = main(["annotate", str(tmp_path / "missing"), "--classes", str(tmp_path / "classes.txt"),
+               "--out", str(tmp_path / "labels")])
+    assert rc == 2 and "missing: image folder not found" in capsys.readouterr().err
+    (tmp_path / "mixed").mkdir()
+    save_image(tmp_path / "mixed" / "a.jpg", np.zeros((4, 4, 3), np.uint8))
+    save_image(tmp_path / "mixed" / "b.png", np.zeros((4, 4, 3), np.uint8))
+    rc = main(["annotate", str(tmp_path / "mixed"), "--out", str(tmp_path / "labels")])
+    assert rc == 2 and "no classes.txt yet" in capsys.readouterr().err
+    rc = main(["annotate", str(tmp_path / "mixed"), "--classes", str(tmp_path / "classes.txt"),
+               "--out", str(tmp_path / "labels")])
+    assert rc == 2 and "choose it with --ext" in capsys.readouterr().err

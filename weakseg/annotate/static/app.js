@@ -17,7 +17,7 @@ const S = {
   undo: [], redo: [], stroke: null, last: null,
   cls: 1, eraser: false, brush: 3, offsets: [],
   scale: 1, tx: 0, ty: 0, pan: null, spaceDown: false,
-  layers: {}, busy: false,
+  layers: {}, busy: false, version: 0,
 };
 const MAX_HISTORY = 200;
 
@@ -184,7 +184,7 @@ function clearAll() {
   applyStep(step, true);
 }
 
-function markDirty() { S.dirty = true; setStatus("unsaved changes", "dirty"); }
+function markDirty() { S.dirty = true; S.version++; setStatus("unsaved changes", "dirty"); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // view: zoom and pan (the stage is translated, then scaled, from its top-left corner)
@@ -344,16 +344,16 @@ async function openImage(i) {
 
 async function save() {
   if (!S.label) return true;
-  const i = S.index, id = S.images[i].id;
+  const i = S.index, id = S.images[i].id, version = S.version;
   setStatus("saving…", "dirty");
   try {
     const body = {width: S.W, height: S.H, rle: rleEncode(S.label), tags: [...S.tags].sort((a, b) => a - b)};
     const r = await (await api(imageUrl(id, "annotation"), {
       method: "PUT", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)})).json();
-    S.dirty = false;
+    S.dirty = S.version !== version;  // strokes drawn while the request was on its way are still unsaved
     setImageStatus(i, r.status);
     showProgress(r.progress);
-    setStatus("saved");
+    if (S.dirty) setStatus("unsaved changes", "dirty"); else setStatus("saved");
     document.body.dataset.saved = id + ":" + Date.now();
     return true;
   } catch (err) {
@@ -443,6 +443,7 @@ function bindPointer() {
 function bindKeys() {
   document.addEventListener("keydown", (e) => {
     if (e.target.tagName === "SELECT") return;
+    if (e.target.type === "range" && e.key.startsWith("Arrow")) return;  // the slider's own keys
     const k = e.key, ctrl = e.ctrlKey || e.metaKey;
     if (ctrl && k.toLowerCase() === "s") { e.preventDefault(); save(); return; }
     if (ctrl && k.toLowerCase() === "z") { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
