@@ -86,7 +86,8 @@ def test_stroke_drawn_on_the_page_is_saved_pixel_exact(page):
     assert rect["width"] > 4 * W  # fitted to the viewport: one image pixel is several screen pixels
 
     def at(r, c):  # the screen point at the centre of image pixel (r, c)
-        return (round(rect["left"] + (c + 0.5) * rect["width"] / W), round(rect["top"] + (r + 0.5) * rect["height"] / H))
+        return (round(rect["left"] + (c + 0.5) * rect["width"] / W),
+                round(rect["top"] + (r + 0.5) * rect["height"] / H))
 
     def stroke(p1, p2):
         ab = ActionBuilder(driver)

@@ -59,7 +59,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def add_annotate_command(subparsers: argparse._SubParsersAction) -> None:
     """Add ``annotate`` to the top-level sub-commands."""
     p = subparsers.add_parser("annotate", help="draw scribbles and tick tags on your images in a browser",
-                              description=__doc__)
+                              description="Draw scribbles and tick image-level tags on a folder of images in "
+                                          "a browser page; saved where weakseg train reads them.")
     p.add_argument("images", help="folder of images (not recursive); they are read, never copied or changed")
     p.add_argument("--classes", help="class names, one per line, background first (optional when "
                                      "LABELS/classes.txt exists)")

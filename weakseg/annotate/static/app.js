@@ -107,7 +107,9 @@ function segment(r1, c1, r2, c2, value) {
   stamp(r1, c1, value, box);
   stamp(r2, c2, value, box);
   const dr = r2 - r1, dc = c2 - c1, m = Math.max(Math.abs(dr), Math.abs(dc));
-  if (m > 1) for (let i = 0; i < m; i++) stamp(Math.trunc(r1 + (i * dr) / m), Math.trunc(c1 + (i * dc) / m), value, box);
+  if (m > 1) {
+    for (let i = 0; i < m; i++) stamp(Math.trunc(r1 + (i * dr) / m), Math.trunc(c1 + (i * dc) / m), value, box);
+  }
   redraw(box);
 }
 
@@ -394,7 +396,10 @@ async function drawOverlay() {
   const id = S.images[S.index].id;
   try {
     for (const l of want) {
-      if (!S.layers[l]) { $("model-status").textContent = "computing…"; S.layers[l] = await loadBitmap(imageUrl(id, "overlay/" + l)); }
+      if (!S.layers[l]) {
+        $("model-status").textContent = "computing…";
+        S.layers[l] = await loadBitmap(imageUrl(id, "overlay/" + l));
+      }
     }
     $("model-status").textContent = "";
   } catch (err) {
@@ -436,8 +441,10 @@ function bindPointer() {
   };
   vp.addEventListener("pointerup", up);
   vp.addEventListener("pointercancel", up);
-  vp.addEventListener("wheel", (e) => { e.preventDefault(); zoomAt(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.clientX, e.clientY); },
-                      {passive: false});
+  vp.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    zoomAt(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.clientX, e.clientY);
+  }, {passive: false});
 }
 
 function bindKeys() {
