@@ -144,10 +144,20 @@ def test_errors_name_the_file_and_are_lazy(root):
         ds.scan()
 
 
-def test_lenient_drops_bad_samples_with_a_warning(root):
+def test_lenient_drops_bad_samples_with_a_log_line(root):
+    import logging
+
     (root / "JPEGImages" / "im1.jpg").write_bytes(b"not a jpeg")
-    with pytest.warns(UserWarning, match="dropped 1 bad sample"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("weakseg").addHandler(handler)
+    try:
         ds = SegDataset(root, LIST, meta=META4, lenient=True)
+    finally:
+        logging.getLogger("weakseg").removeHandler(handler)
+    (line,) = [r.getMessage() for r in records if "dropped" in r.getMessage()]  # one line: count and first files
+    assert "dropped 1 bad sample(s) of 3" in line and "im1.jpg" in line
     assert ds.ids == ["im0", "im2"] and ds.num_dropped == 1
     assert len(ds.problems) == 1 and "im1.jpg" in ds.problems[0]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def cmd_eval(args) -> int:
     from weakseg.engine.amp import autocast_dtype
     from weakseg.engine.config import resolve_work_dir
     from weakseg.engine.evaluator import evaluate
-    from weakseg.engine.trainer import setup_logging
+    from weakseg.engine.runtime import setup_logging
     from weakseg.utils import dist as wdist
 
     cfg, method, meta = builders.load_trained(args.ckpt, _eval_overrides(args), args.config)
@@ -91,7 +92,7 @@ def cmd_predict(args) -> int:
     from weakseg.engine import builders
     from weakseg.engine.amp import autocast_dtype
     from weakseg.engine.predictor import predict_images
-    from weakseg.engine.trainer import setup_logging
+    from weakseg.engine.runtime import setup_logging
     from weakseg.utils import dist as wdist
 
     cfg, method, meta = builders.load_trained(args.ckpt, _eval_overrides(args), args.config)
@@ -101,8 +102,9 @@ def cmd_predict(args) -> int:
     counts = predict_images(method, meta, args.inputs, Path(args.out), ev=cfg.eval, mean=cfg.data.mean,
                             std=cfg.data.std, device=device, amp_dtype=autocast_dtype(cfg.eval.amp, device),
                             batch_size=args.batch_size, save_overlay=args.overlay, save_probs=args.probs,
-                            crf_workers=args.crf_workers, overwrite=args.overwrite)
-    print(f"{counts['done']} predicted, {counts['skipped']} already done; output: {args.out}")
+                            crf_workers=args.crf_workers, overwrite=args.overwrite, skip_bad=args.skip_bad)
+    bad = f", {counts['bad']} unreadable skipped" if counts["bad"] else ""
+    print(f"{counts['done']} predicted, {counts['skipped']} already done{bad}; output: {args.out}")
     return 0
 
 
@@ -111,8 +113,12 @@ def cmd_run(args) -> int:
     from weakseg.engine.pipeline import run_pipeline
     from weakseg.utils import dist as wdist
 
+    from weakseg.engine.config import resolve_work_dir
+    from weakseg.engine.runtime import WorkDirLock
+
     cfg = load_config(args.config, args.set)
-    summary = run_pipeline(cfg, from_stage=args.from_stage, only=args.only, force=args.force)
+    with WorkDirLock(resolve_work_dir(cfg), "weakseg run"):
+        summary = run_pipeline(cfg, from_stage=args.from_stage, only=args.only, force=args.force)
     if wdist.is_main():
         for name, info in summary.items():
             extra = f"  mIoU {100 * info['miou']:.2f}" if info.get("miou") is not None else ""
@@ -147,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="weakseg", description="Weakly supervised semantic segmentation toolkit")
     parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment WEAKSEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     add_data_commands(sub)
@@ -186,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write overlays/<id>.jpg")
     p.add_argument("--probs", action="store_true", help="also write probs/<id>.npy (C×H×W float16)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images (counted and listed) instead of stopping at the first one")
     _add_eval_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -210,16 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input or environment, shown as one line: bad configs and data (ConfigError and
+    DataError are ValueErrors), files that are missing or cannot be written (OSError), a busy work folder, a
+    non-finite loss."""
+    from weakseg.engine.runtime import WorkDirBusy
+
+    return ValueError, OSError, WorkDirBusy, FloatingPointError
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``weakseg`` command; a user-facing error is printed as ``weakseg: error: <message>`` (exit code 2)
+    without a traceback, unless ``--debug`` or ``WEAKSEG_DEBUG=1`` asks for it."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from weakseg.engine.config import ConfigError
-    from weakseg.utils.io import DataError
+    debug = args.debug or os.environ.get("WEAKSEG_DEBUG", "") not in ("", "0")
+    from weakseg.engine.runtime import unwrap_worker_error
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as exc:
-        print(f"weakseg {args.command}: error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        if debug:
+            raise
+        print(f"weakseg: error: {unwrap_worker_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

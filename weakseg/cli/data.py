@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from weakseg.data.scribble_xml import MAX_SIZE, MAX_UNCHECKED_SIZE
 from weakseg.utils.io import DataError
 
 
@@ -43,7 +44,7 @@ def cmd_scribbles(args: argparse.Namespace) -> int:
 
     n_ok, n_skip, problems = convert_scribble_folder(args.xml, args.out, dataset=args.dataset,
                                                      line_width=args.line_width, image_dir=args.images,
-                                                     classes=args.classes)
+                                                     classes=args.classes, max_unchecked=args.max_size)
     _print_problems(problems)
     print(f"scribbles: {n_ok} converted, {n_skip} skipped (line width {args.line_width}, {args.dataset}) -> {args.out}")
     return 0 if n_ok or not n_skip else 1
@@ -173,6 +174,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=("voc", "context"), default="voc", help="tag table")
     p.add_argument("--line-width", type=int, choices=(1, 3), default=1, help="1 = BLPSeg, 3 = rloss/CDSP")
     p.add_argument("--images", default=None, help="image folder for the declared-size check")
+    p.add_argument("--max-size", type=int, default=MAX_UNCHECKED_SIZE, metavar="PIXELS",
+                   help=f"largest declared side accepted for an XML without its image (default "
+                        f"{MAX_UNCHECKED_SIZE}; up to {MAX_SIZE})")
     p.add_argument("--classes", default=None,
                    help="context: class list of the labels (classes.txt or 59_labels.txt; default <out>/../classes.txt)")
     p.set_defaults(func=cmd_scribbles)

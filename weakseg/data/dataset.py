@@ -23,13 +23,14 @@ derive the tags and is not returned), ``"xml"`` (VOC ``<xml_dir>/<id>.xml`` obje
 
 Data checks (each error names the file): missing/unreadable files, a map whose size differs from the image, and
 class ids ≥ num_classes other than 255. They run lazily in ``__getitem__``; :meth:`SegDataset.scan` runs them on
-every sample. With ``lenient=True`` the constructor scans and drops bad samples, keeping ``problems`` and a warning.
+every sample. With ``lenient=True`` the constructor scans and drops bad samples, keeping ``problems`` and logging one
+line (their count and the first few).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +42,8 @@ from weakseg.data import keys as K
 from weakseg.data.meta import VOC_META, DatasetMeta, voc_palette
 from weakseg.data.voc_tools import labels_from_map, labels_from_xml, load_tags_file, tags_vector
 from weakseg.utils.io import DataError, read_label, read_rgb
+
+log = logging.getLogger("weakseg")
 
 SUPERVISIONS = ("full", "scribble", "tags", "pseudo", "none")
 TAGS_SOURCES = ("label", "scribble", "xml", "file", "pseudo")
@@ -271,7 +274,8 @@ class SegDataset(torch.utils.data.Dataset):
         """Load every sample and run all checks (decodes every file: minutes for 10k images).
 
         Returns the list of problems. With ``lenient=True`` the bad samples are dropped, ``problems`` and
-        ``num_dropped`` are recorded and a warning summarises them; otherwise the first problems are raised.
+        ``num_dropped`` are recorded and one log line gives their count and the first few; otherwise the first
+        problems are raised.
         """
         good, problems = [], []
         for i, sid in enumerate(self.ids):
@@ -288,8 +292,9 @@ class SegDataset(torch.utils.data.Dataset):
             self.ids = good
             self.problems.extend(problems)
             self.num_dropped += len(problems)
-            warnings.warn(f"{self.list_file}: dropped {len(problems)} bad sample(s) of {len(good) + len(problems)}; "
-                          f"first: {problems[0]}", stacklevel=2)
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            log.warning("%s: dropped %d bad sample(s) of %d (data.lenient): %s", self.list_file, len(problems),
+                        len(good) + len(problems), shown)
             if not good:
                 raise DataError(f"{self.list_file}: no usable samples left after dropping {len(problems)}")
         return problems

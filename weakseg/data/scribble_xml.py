@@ -29,6 +29,9 @@ from weakseg.data.meta import voc_palette
 from weakseg.utils.io import DataError, image_size, save_label_png
 
 MAX_SIZE = 20000            # largest accepted image side declared in an XML file
+# largest side accepted on the XML's word alone (no image to check it against): a canvas of this size is 16 MB;
+# VOC and Context images are at most 500 pixels a side
+MAX_UNCHECKED_SIZE = 4096
 MAX_XML_BYTES = 64 << 20    # refuse absurdly large XML files before reading them whole
 
 _VOC_TAGS = (
@@ -95,13 +98,15 @@ def _int_text(elem: ET.Element | None, what: str, source: str) -> int:
     return int(val)
 
 
-def parse_scribble_xml(path: str | os.PathLike, image_path: str | os.PathLike | None = None
-                       ) -> tuple[int, int, list[Stroke]]:
+def parse_scribble_xml(path: str | os.PathLike, image_path: str | os.PathLike | None = None,
+                       max_unchecked: int = MAX_UNCHECKED_SIZE) -> tuple[int, int, list[Stroke]]:
     """Read one ScribbleSup XML file.
 
     Args:
         path: the XML file.
         image_path: the matching image; when it exists its header size must equal the declared ``<size>``.
+        max_unchecked: largest declared side accepted when there is no image to check it against (the canvas is
+            allocated at the declared size, so an untrusted file must not choose it freely).
 
     Returns:
         (height, width, strokes); each stroke is (tag, N×2 int64 array of (row, col) points, unclamped).
@@ -124,6 +129,10 @@ def parse_scribble_xml(path: str | os.PathLike, image_path: str | os.PathLike | 
         if real != (height, width):
             raise DataError(f"{src}: declared size {height}x{width} (HxW) differs from image {image_path} "
                             f"{real[0]}x{real[1]}")
+    elif max(height, width) > max_unchecked:
+        raise DataError(f"{src}: declared size {height}x{width} (HxW) is larger than {max_unchecked} pixels a side "
+                        f"and there is no image to check it against; pass --images DIR (the size is then checked "
+                        f"against the image) or --max-size {max(height, width)} to allow it")
     strokes: list[Stroke] = []
     for k, poly in enumerate(root.iter("polygon")):
         tag_el = poly.find("tag")
@@ -272,15 +281,17 @@ def context_tag_table(class_file: str | os.PathLike) -> dict[str, int]:
 
 
 def convert_scribble_xml(path: str | os.PathLike, dataset: str = "voc", line_width: int = 1,
-                         image_path: str | os.PathLike | None = None) -> np.ndarray:
+                         image_path: str | os.PathLike | None = None,
+                         max_unchecked: int = MAX_UNCHECKED_SIZE) -> np.ndarray:
     """Parse and rasterize one XML file → H×W uint8 scribble map (255 = not annotated)."""
-    height, width, strokes = parse_scribble_xml(path, image_path=image_path)
+    height, width, strokes = parse_scribble_xml(path, image_path=image_path, max_unchecked=max_unchecked)
     return rasterize_strokes(strokes, height, width, scribble_table(dataset), line_width, source=str(path))
 
 
 def convert_scribble_folder(xml_dir: str | os.PathLike, out_dir: str | os.PathLike, dataset: str = "voc",
                             line_width: int = 1, image_dir: str | os.PathLike | None = None,
-                            classes: str | os.PathLike | None = None) -> tuple[int, int, list[str]]:
+                            classes: str | os.PathLike | None = None,
+                            max_unchecked: int = MAX_UNCHECKED_SIZE) -> tuple[int, int, list[str]]:
     """Convert every ``<xml_dir>/<id>.xml`` to ``<out_dir>/<id>.png`` (palette PNG, written atomically).
 
     Args:
@@ -292,6 +303,8 @@ def convert_scribble_folder(xml_dir: str | os.PathLike, out_dir: str | os.PathLi
         classes: Context only: the class list the label PNGs use (``classes.txt`` written by ``weakseg data
             context``, or ``59_labels.txt``); default ``<out_dir>/../classes.txt``. The tag table comes from it
             (:func:`context_tag_table`), and a ``classes.txt`` already in the dataset root must list the same names.
+        max_unchecked: largest declared side accepted for an XML without its image (see
+            :func:`parse_scribble_xml`); larger ones are skipped with a problem that says how to allow them.
 
     Returns:
         (number converted, number skipped, problems) where each problem is ``"<file>: <reason>"``. Malformed or
@@ -327,7 +340,7 @@ def convert_scribble_folder(xml_dir: str | os.PathLike, out_dir: str | os.PathLi
                     image_path = cand
                     break
         try:
-            h, w, strokes = parse_scribble_xml(path, image_path=image_path)
+            h, w, strokes = parse_scribble_xml(path, image_path=image_path, max_unchecked=max_unchecked)
             label = rasterize_strokes(strokes, h, w, table, line_width, source=str(path))
         except DataError as exc:
             problems.append(str(exc))

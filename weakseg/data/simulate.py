@@ -302,17 +302,19 @@ def image_seed(seed: int, image_id: str) -> np.random.Generator:
 
 def simulate_folder(root: str | os.PathLike, list_file: str | os.PathLike, label_dir: str | os.PathLike,
                     out_dir: str | os.PathLike, *, seed: int = 0, label_ext: str = ".png", overwrite: bool = True,
-                    **kwargs) -> tuple[int, int, list[str]]:
+                    num_classes: int | None = None, ignore_index: int = 255, **kwargs) -> tuple[int, int, list[str]]:
     """Simulate scribbles for every id of ``list_file`` from ``<label_dir>/<id>.png`` into ``<out_dir>/<id>.png``.
 
     Paths are relative to ``root`` unless absolute. ``kwargs`` go to :func:`simulate_scribbles`. Each image uses
     :func:`image_seed` (seed, id), so results do not depend on list order. Outputs are palette PNGs written
-    atomically; with ``overwrite=False`` existing outputs are kept (resume).
+    atomically; with ``overwrite=False`` existing outputs are kept (resume). A mask with a value that is neither a
+    class id (< ``num_classes``; default: the classes of ``<root>/classes.txt``, VOC's 21 without one) nor
+    ``ignore_index`` is skipped with a problem naming the file and the values: its scribbles would carry them.
 
     Returns:
-        (number written, number skipped because unreadable, problems).
+        (number written, number skipped because unreadable or out of range, problems).
     """
-    from weakseg.data.dataset import read_list_file  # lazy: keeps torch out of the simulator's imports
+    from weakseg.data.dataset import meta_from_root, read_list_file  # lazy: keeps torch out of the imports
 
     root = Path(root)
 
@@ -322,18 +324,25 @@ def simulate_folder(root: str | os.PathLike, list_file: str | os.PathLike, label
     ids = read_list_file(rel(list_file))
     label_dir, out_dir = rel(label_dir), rel(out_dir)
     palette = voc_palette()
+    if num_classes is None:
+        num_classes = meta_from_root(root).num_classes
     n_ok, problems = 0, []
     for sid in ids:
         dst = out_dir / f"{sid}.png"
         if not overwrite and dst.exists():
             n_ok += 1
             continue
+        src = label_dir / f"{sid}{label_ext}"
         try:
-            label = read_label(label_dir / f"{sid}{label_ext}")
+            label = read_label(src)
         except DataError as exc:
             problems.append(str(exc))
             continue
-        scrib = simulate_scribbles(label, rng=image_seed(seed, sid), **kwargs)
+        bad = np.unique(label[(label >= num_classes) & (label != ignore_index)])
+        if bad.size:
+            problems.append(f"{src}: values {bad.tolist()} are not class ids (< {num_classes}) or {ignore_index}")
+            continue
+        scrib = simulate_scribbles(label, rng=image_seed(seed, sid), ignore_index=ignore_index, **kwargs)
         save_label_png(dst, scrib, palette)
         n_ok += 1
     return n_ok, len(problems), problems

@@ -44,7 +44,8 @@ def configs_dir() -> Path:
 
 def run_demo(out: Path, quick: bool = False) -> Path:
     from weakseg.data.synth import generate_synth
-    from weakseg.engine.trainer import setup_logging, train
+    from weakseg.engine.runtime import setup_logging
+    from weakseg.engine.trainer import train
 
     out = Path(out)
     setup_logging(out, "demo.log")

@@ -4,7 +4,6 @@ skipped), writing palette PNGs and optionally overlays and probability maps (``.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from weakseg.data.meta import DatasetMeta
 from weakseg.engine.amp import autocast
 from weakseg.engine.evaluator import CRFPool
+from weakseg.engine.runtime import progress
 from weakseg.modules.inference import infer_probs
 from weakseg.engine.report import overlay
 from weakseg.utils.io import DataError, atomic_path, read_rgb, save_image, save_label_png
@@ -61,11 +61,13 @@ def _normalize(image: np.ndarray, mean, std) -> torch.Tensor:
 def predict_images(method, meta: DatasetMeta, inputs: list[str], out_dir: Path, *, ev, mean, std,
                    device: torch.device, amp_dtype=None, channels_last: bool = False, batch_size: int = 1,
                    save_overlay: bool = False, save_probs: bool = False, crf_workers: int = 1,
-                   overwrite: bool = False) -> dict:
-    """Predict every input image; returns counts ``{"done": n, "skipped": n}``.
+                   overwrite: bool = False, skip_bad: bool = False) -> dict:
+    """Predict every input image; returns counts ``{"done": n, "skipped": n, "bad": n, "problems": [...]}``.
 
-    An image whose PNG already exists in ``out_dir`` is skipped (resume) unless ``overwrite``. Images of the same
-    size are batched up to ``batch_size``.
+    An image whose PNG already exists in ``out_dir`` is skipped (resume) unless ``overwrite``. Consecutive images
+    of the same size are batched up to ``batch_size``. An unreadable image stops the run with a ``DataError``
+    naming it, after the images read before it have been predicted and written; with ``skip_bad`` it is skipped,
+    counted (``bad``) and listed (``problems``) instead.
     """
     out_dir = Path(out_dir)
     items = collect_inputs(inputs)
@@ -73,6 +75,8 @@ def predict_images(method, meta: DatasetMeta, inputs: list[str], out_dir: Path, 
     skipped = len(items) - len(todo)
     method.eval()
     crf = CRFPool(ev.crf, crf_workers) if ev.crf else None
+    problems: list[str] = []
+    done = 0
 
     def predict_fn(x):
         if channels_last:
@@ -81,25 +85,29 @@ def predict_images(method, meta: DatasetMeta, inputs: list[str], out_dir: Path, 
             return method.predict(x).float()
 
     def write(sample_id: str, image: np.ndarray, pred: np.ndarray) -> None:
+        nonlocal done
         if save_overlay:
             save_image(out_dir / "overlays" / f"{sample_id}.jpg", overlay(image, pred, meta.palette))
         save_label_png(out_dir / f"{sample_id}.png", pred, meta.palette)  # last: its existence marks completion
+        done += 1
 
-    from tqdm import tqdm
+    bar = progress(total=len(todo), desc="predict")
 
-    bar = tqdm(total=len(todo), desc="predict", dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
+    def readable():
+        for sample_id, path in todo:
+            try:
+                image = read_rgb(path)
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                problems.append(str(exc))
+                bar.update(1)
+                continue
+            yield sample_id, image
+
     pending: dict[str, np.ndarray] = {}
-    k = 0
-    while k < len(todo):
-        first = read_rgb(todo[k][1])
-        group = [(todo[k][0], first)]
-        k += 1
-        while k < len(todo) and len(group) < batch_size:
-            img = read_rgb(todo[k][1])
-            if img.shape != first.shape:
-                break
-            group.append((todo[k][0], img))
-            k += 1
+
+    def run_group(group: list[tuple[str, np.ndarray]]) -> None:
         batch = torch.stack([_normalize(img, mean, std) for _, img in group]).to(device)
         probs = infer_probs(predict_fn, batch, scales=ev.scales, flip=ev.flip, average=ev.average, mode=ev.mode,
                             crop=ev.crop_size, stride=ev.stride, resize=ev.resize, long_side=ev.long_side,
@@ -116,9 +124,34 @@ def predict_images(method, meta: DatasetMeta, inputs: list[str], out_dir: Path, 
             else:
                 write(sample_id, img, p.argmax(0).byte().numpy())
         bar.update(len(group))
+
+    group: list[tuple[str, np.ndarray]] = []
+    error: DataError | None = None
+    images = readable()
+    while True:
+        try:
+            sample_id, img = next(images)
+        except StopIteration:
+            break
+        except DataError as exc:  # finish what was read before the bad image, then report it
+            error = exc
+            break
+        if group and (len(group) == batch_size or img.shape != group[0][1].shape):
+            run_group(group)
+            group = []
+        group.append((sample_id, img))
+    if group:
+        run_group(group)
     if crf is not None:
         for key, pred in crf.drain():
             write(key, pending.pop(key), pred)
     bar.close()
-    log.info("predicted %d images (%d already done) into %s", len(todo), skipped, out_dir)
-    return {"done": len(todo), "skipped": skipped}
+    if error is not None:
+        raise DataError(f"{error} ({done} images before it were written to {out_dir}; --skip-bad skips "
+                        f"unreadable images)") from error
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        log.warning("skipped %d unreadable image(s): %s", len(problems), shown)
+    log.info("predicted %d images (%d already done, %d unreadable skipped) into %s", done, skipped, len(problems),
+             out_dir)
+    return {"done": done, "skipped": skipped, "bad": len(problems), "problems": problems}
