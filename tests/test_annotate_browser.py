@@ -55,6 +55,7 @@ def page(tmp_path):
     thread.start()
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to check the page logs no error
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1000,700"):
         opts.add_argument(arg)
@@ -111,3 +112,5 @@ def test_stroke_drawn_on_the_page_is_saved_pixel_exact(page):
     assert np.array_equal(saved, expected), np.argwhere(saved != expected)[:10]
     assert (store.out / "ImageSets/Segmentation/train.txt").read_text() == "a\n"
     assert driver.execute_script("return document.getElementById('progress').textContent") == "annotated 1 / 2"
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
