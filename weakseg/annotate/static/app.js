@@ -154,7 +154,7 @@ function endStroke() {
   if (!s || s.changed.size === 0) return;
   const idx = Int32Array.from(s.changed.keys()), old = Uint8Array.from(s.changed.values());
   pushHistory({idx, old, value: s.value});
-  if (s.value !== IGNORE && s.value !== 0 && !S.tags.has(s.value)) { S.tags.add(s.value); renderTags(); }
+  renderTags();  // a scribbled class shows as present (the server adds it to the tags)
   markDirty();
 }
 
@@ -171,6 +171,7 @@ function applyStep(step, forward) {
     paintPixel(p, v);
   }
   $("scribble-layer").getContext("2d").putImageData(S.pixels, 0, 0);
+  renderTags();
   markDirty();
 }
 
