@@ -247,3 +247,18 @@ def test_command_reports_a_bad_folder_in_one_line(tmp_path, capsys):
     rc = main(["annotate", str(tmp_path / "mixed"), "--classes", str(tmp_path / "classes.txt"),
                "--out", str(tmp_path / "labels")])
     assert rc == 2 and "choose it with --ext" in capsys.readouterr().err
+
+
+def test_a_session_on_another_subset_keeps_the_other_images_annotations(folder):
+    out = folder / "labels"
+    (folder / "first.txt").write_text("a\nb\n")
+    (folder / "second.txt").write_text("c\n")
+    store, _ = open_store(folder / "images", out, folder / "classes.txt", list_file=folder / "first.txt")
+    store.save("b", scribble(), [])
+    store.set_skipped("a", True)
+    store2, _ = open_store(folder / "images", out, list_file=folder / "second.txt")
+    assert list(store2.images) == ["c"]
+    store2.save("c", scribble(), [2])
+    assert (out / "ImageSets/Segmentation/train.txt").read_text() == "b\nc\n"
+    assert json.loads((out / "tags.json").read_text()) == {"b": [0, 1], "c": [0, 1, 2]}
+    assert json.loads((out / "annotate.json").read_text())["skipped"] == ["a"]

@@ -30,6 +30,7 @@ import numpy as np
 
 from weakseg.data.dataset import meta_from_root, read_list_file
 from weakseg.data.meta import DatasetMeta
+from weakseg.data.voc_tools import load_tags_file
 from weakseg.utils.io import DataError, image_size, load_json, read_label, save_label_png, write_json_atomic, \
     write_text_atomic
 
@@ -189,13 +190,12 @@ class LabelStore:
         state = load_json(self.out / STATE_FILE) if (self.out / STATE_FILE).is_file() else {}
         if not isinstance(state, dict):
             raise DataError(f"{self.out / STATE_FILE}: expected a JSON object")
-        skipped = state.get("skipped", [])
-        self.last: str | None = state.get("last") if state.get("last") in self.images else None
+        skipped = {s for s in state.get("skipped", []) if isinstance(s, str)} \
+            if isinstance(state.get("skipped"), list) else set()
+        last = state.get("last")
+        self.last: str | None = last if isinstance(last, str) and last in self.images else None
         tags_path = self.out / TAGS_FILE
-        tags = {}
-        if tags_path.is_file():
-            from weakseg.data.voc_tools import load_tags_file
-            tags = load_tags_file(tags_path, meta.num_classes)
+        tags = load_tags_file(tags_path, meta.num_classes) if tags_path.is_file() else {}
         self.entries: dict[str, Entry] = {}
         for sid in self.images:
             e = Entry(tags=[t for t in tags.get(sid, []) if t != 0], skipped=sid in skipped)
@@ -203,8 +203,17 @@ class LabelStore:
             if png.is_file():
                 e.scribbled = self._classes_of(read_label(png), png)
             self.entries[sid] = e
-        # entries of images outside this session (another --list) are kept in tags.json, not dropped
+        # what belongs to images outside this session (another --list) is kept in the files, not dropped
         self._foreign_tags = {k: v for k, v in tags.items() if k not in self.images}
+        self._foreign_lists = {name: [i for i in self._read_ids(name) if i not in self.images]
+                               for name in (SCRIBBLE_LIST, TAGS_LIST)}
+        self._foreign_skipped = sorted(skipped - set(self.images))
+
+    def _read_ids(self, name: str) -> list[str]:
+        path = self.out / name
+        if not path.is_file():
+            return []
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     # ------------------------------------------------------------------------------------------------------------
     def scribble_path(self, sid: str) -> Path:
@@ -347,7 +356,7 @@ class LabelStore:
             "format": STATE_FORMAT,
             "images": str(self.image_dir),
             "image_ext": self.image_ext,
-            "skipped": [sid for sid, e in self.entries.items() if e.skipped],
+            "skipped": self._foreign_skipped + [sid for sid, e in self.entries.items() if e.skipped],
             "last": self.last,
             "train_overrides": self.train_overrides(),
         })
@@ -357,8 +366,8 @@ class LabelStore:
         tags = dict(self._foreign_tags)
         tags.update({sid: [0] + e.tags for sid, e in self.entries.items() if e.annotated})
         write_json_atomic(self.out / TAGS_FILE, tags)
-        scribbled = [sid for sid, e in self.entries.items() if e.scribbled]
-        annotated = [sid for sid, e in self.entries.items() if e.annotated]
+        scribbled = self._foreign_lists[SCRIBBLE_LIST] + [sid for sid, e in self.entries.items() if e.scribbled]
+        annotated = self._foreign_lists[TAGS_LIST] + [sid for sid, e in self.entries.items() if e.annotated]
         write_text_atomic(self.out / SCRIBBLE_LIST, "".join(f"{s}\n" for s in scribbled))
         write_text_atomic(self.out / TAGS_LIST, "".join(f"{s}\n" for s in annotated))
         self._write_state()
