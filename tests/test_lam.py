@@ -166,3 +166,20 @@ def test_bad_inputs_raise():
         LAM()(torch.zeros(2, 3, 4, 4), torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError):
         LAM(sigma=0.0)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 1 << 20])  # one tile per chunk, all tiles in one chunk
+def test_saved_logits_give_the_recomputed_gradients_bit_for_bit(chunk_elements):
+    """Keeping the forward's logits for the backward (save_elements) is a speed knob only."""
+    g = torch.Generator().manual_seed(3)
+    seg = torch.randn(2, 3, 13, 11, generator=g)
+    feat = torch.randn(2, 8, 13, 11, generator=g)
+    grad = torch.randn(2, 3, 13, 11, generator=g)
+    results = []
+    for save in (0, 1 << 26):
+        s, f = seg.clone().requires_grad_(), feat.clone().requires_grad_()
+        out = lam_windowed(s, f, 3.0, 5, tile=4, chunk_elements=chunk_elements, save_elements=save)
+        out.backward(grad)
+        results.append((out, s.grad, f.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -28,9 +28,11 @@ Implementation (blocked local attention, flash-attention style):
       Tiles are processed in chunks of at most ``chunk_elements`` logits, so the workspace is constant and the
       total work grows with positions × window, never positions² (tile 16, radius 24: 1.7× the window's work,
       spent in BLAS instead of ~2401 per-offset elementwise passes; tiles 8/12/16 measured within noise).
-    * A custom ``torch.autograd.Function`` stores only S, F, the output Ŝ and the log-sum-exp per target.
-      Backward recomputes the logits per chunk; because the window and the Gaussian are symmetric, every
-      gradient is a *gather* over the halo (no scatter-add): for a tile of positions t and its halo h,
+    * A custom ``torch.autograd.Function`` stores S, F, the output Ŝ and the log-sum-exp per target, and the
+      logits themselves when all of them fit ``save_elements`` (then the backward skips their matmul, one of its
+      three big ones; otherwise it recomputes them per chunk, the same values bit for bit). Because the window and
+      the Gaussian are symmetric, every gradient is a *gather* over the halo (no scatter-add): for a tile of
+      positions t and its halo h,
       dF_t = Σ_h dz[t, h] F_h (t as target) + Σ_h dz[h, t] F_h (t as source), dS_t = Σ_h W[t, h] dŜ_h.
     * Dot products and exponentials run in float32 (float64 inputs stay float64), with max subtraction, also
       under fp16/bf16 autocast (the reference's raw exp(F·F) overflows fp16). The output is cast back to the
@@ -59,6 +61,10 @@ _NEG = -1.0e30
 # < 2e-35 relative to the largest weight of their column, i.e. what float32 underflow would do anyway.
 _EXP_FLOOR = -80.0
 _EXP_CUT = 2.0e-35
+# Default budget of logits the forward keeps for the backward (2^26 float32 = 256 MiB): BLPSeg's CPU horse network
+# (8 × 48² grid, σ = 4) needs 42.5 M and saves its backward one logits matmul of three; the paper's 10 × 96² grid
+# at σ = 6 (377 M) recomputes them.
+SAVE_ELEMENTS = 1 << 26
 
 
 def _exp_(x: Tensor) -> Tensor:
@@ -155,7 +161,8 @@ class _LAMFunction(torch.autograd.Function):
     """Windowed LAM with a recompute-per-chunk backward. Inputs S N×C×h×w and F N×D×h×w of the same dtype."""
 
     @staticmethod
-    def forward(ctx, seg: Tensor, feat: Tensor, sigma: float, radius: int, tile: int, chunk_elements: int):
+    def forward(ctx, seg: Tensor, feat: Tensor, sigma: float, radius: int, tile: int, chunk_elements: int,
+                save_elements: int):
         n, c, h, w = seg.shape
         d = feat.shape[1]
         g = _geometry(h, w, radius, tile)
@@ -166,14 +173,24 @@ class _LAMFunction(torch.autograd.Function):
         num_tiles = n * g.nty * g.ntx
         out = seg.new_empty(num_tiles, t2, c)
         lse = seg.new_empty(num_tiles, t2, 1)
+        # the logits of every tile, kept for the backward when they fit the budget (it then skips one of its two
+        # big matmuls); only when a gradient will be asked for
+        saved = (seg.new_empty(num_tiles, t2, k2)
+                 if any(ctx.needs_input_grad[:2]) and num_tiles * t2 * k2 <= save_elements else None)
         for lo, hi in _chunks(num_tiles, t2 * k2, chunk_elements):
             ids = torch.arange(lo, hi, device=seg.device)
             bi, ii, jj = ids // (g.nty * g.ntx), (ids // g.ntx) % g.nty, ids % g.ntx
             q = f_t[bi, ii, jj].reshape(-1, t2, d + 1)
             k = f_s[bi, ii, jj].reshape(-1, k2, d + 1)
-            z = torch.baddbmm(bias, q, k.transpose(1, 2))  # B×t2×k2 logits, _NEG outside window and grid
-            m = z.amax(dim=2, keepdim=True)
-            p = _exp_(z.sub_(m))
+            # B×t2×k2 logits, _NEG outside window and grid
+            if saved is None:
+                z = torch.baddbmm(bias, q, k.transpose(1, 2))
+                m = z.amax(dim=2, keepdim=True)
+                p = _exp_(z.sub_(m))
+            else:
+                z = torch.baddbmm(bias, q, k.transpose(1, 2), out=saved[lo:hi])
+                m = z.amax(dim=2, keepdim=True)
+                p = _exp_(z - m)
             den = p.sum(dim=2, keepdim=True)
             out[lo:hi] = torch.bmm(p, s_s[bi, ii, jj].reshape(-1, k2, c)).div_(den)
             lse[lo:hi] = m + den.log()
@@ -181,6 +198,7 @@ class _LAMFunction(torch.autograd.Function):
         out = _untile(out, n, g)
         lse = _untile(lse, n, g)
         ctx.save_for_backward(seg, feat, out, lse)
+        ctx.saved_logits = saved
         ctx.config = (sigma, radius, tile, chunk_elements)
         return out
 
@@ -188,6 +206,7 @@ class _LAMFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         seg, feat, out, lse = ctx.saved_tensors
+        saved, ctx.saved_logits = ctx.saved_logits, None  # freed with this backward (once_differentiable)
         sigma, radius, tile, chunk_elements = ctx.config
         need_seg, need_feat = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, c, h, w = seg.shape
@@ -213,7 +232,10 @@ class _LAMFunction(torch.autograd.Function):
             bi, ii, jj = ids // (g.nty * g.ntx), (ids // g.ntx) % g.nty, ids % g.ntx
             q = f_t[bi, ii, jj].reshape(-1, t2, d + 1)
             k = f_s[bi, ii, jj].reshape(-1, k2, d + 1)
-            z = torch.baddbmm(bias, q, k.transpose(1, 2))  # z[t, h], symmetric in (t, h) inside the grid
+            if saved is None:  # z[t, h], symmetric in (t, h) inside the grid: the forward's values, bit for bit
+                z = torch.baddbmm(bias, q, k.transpose(1, 2))
+            else:
+                z = saved[lo:hi]
             go_h = go_s[bi, ii, jj].reshape(-1, k2, c)
 
             # tile positions as *sources* a = t of the halo targets b = h: W[t, h] = exp(z − lse_h)
@@ -226,7 +248,7 @@ class _LAMFunction(torch.autograd.Function):
                 dz.sub_(dl_s[bi, ii, jj].reshape(-1, 1, k2)).mul_(p_src)
                 del p_src
                 # tile positions as *targets* b = t of the halo sources a = h: W[h, t] = exp(z − lse_t)
-                p_tgt = _exp_(z.sub_(lse_t[bi, ii, jj].reshape(-1, t2, 1)))
+                p_tgt = _exp_(torch.sub(z, lse_t[bi, ii, jj].reshape(-1, t2, 1)))
                 dz2 = torch.bmm(go_t[bi, ii, jj].reshape(-1, t2, c), s_s[bi, ii, jj].reshape(-1, k2, c).transpose(1, 2))
                 dz2.sub_(dl_t[bi, ii, jj].reshape(-1, t2, 1)).mul_(p_tgt)
                 dz.add_(dz2)
@@ -234,7 +256,7 @@ class _LAMFunction(torch.autograd.Function):
 
         grad_seg = _untile(grad_seg, n, g) if need_seg else None
         grad_feat = _untile(grad_feat, n, g)[:, :d].contiguous() if need_feat else None
-        return grad_seg, grad_feat, None, None, None, None
+        return grad_seg, grad_feat, None, None, None, None, None
 
 
 def _check_inputs(seg: Tensor, feat: Tensor) -> None:
@@ -256,20 +278,23 @@ def lam_windowed(
     radius: int | None = None,
     tile: int = 16,
     chunk_elements: int = 1 << 20,
+    save_elements: int = SAVE_ELEMENTS,
 ) -> Tensor:
     """Functional form of :class:`LAM` (same arguments and result)."""
     _check_inputs(seg, feat)
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     radius = math.ceil(4 * sigma) if radius is None else int(radius)
-    if radius < 0 or tile < 1 or chunk_elements < 1:
-        raise ValueError(f"need radius >= 0, tile >= 1, chunk_elements >= 1; got {radius}, {tile}, {chunk_elements}")
+    if radius < 0 or tile < 1 or chunk_elements < 1 or save_elements < 0:
+        raise ValueError(f"need radius >= 0, tile >= 1, chunk_elements >= 1, save_elements >= 0; got {radius}, {tile}, "
+                         f"{chunk_elements}, {save_elements}")
     dtype = _compute_dtype(seg, feat)
     with torch.autocast(device_type=seg.device.type, enabled=False):
         s, f = seg.to(dtype), feat.to(dtype)
         if f.shape[-2:] != s.shape[-2:]:
             f = F.interpolate(f, size=s.shape[-2:], mode="bilinear", align_corners=False)
-        out = _LAMFunction.apply(s.contiguous(), f.contiguous(), float(sigma), radius, int(tile), int(chunk_elements))
+        out = _LAMFunction.apply(s.contiguous(), f.contiguous(), float(sigma), radius, int(tile), int(chunk_elements),
+                                 int(save_elements))
     return out.to(seg.dtype)
 
 
@@ -283,13 +308,17 @@ class LAM(nn.Module):
         tile: side of the target tiles of the blocked computation (a speed knob only; the result does not
             depend on it).
         chunk_elements: number of logits computed at once (bounds the workspace; a memory knob only).
+        save_elements: the forward keeps all logits for the backward when there are at most this many (default
+            2^26, 256 MiB in float32; 0 = always recompute). A speed/memory knob only: the gradients are the same
+            bit for bit.
 
     Shapes:
         seg: N×C×h×w float logits. feat: N×D×h'×w' float shallow features (bilinearly resized to h×w,
         align_corners=False, when the sizes differ). Returns N×C×h×w logits, dtype of ``seg``.
     """
 
-    def __init__(self, sigma: float = 6.0, radius: int | None = None, tile: int = 16, chunk_elements: int = 1 << 20):
+    def __init__(self, sigma: float = 6.0, radius: int | None = None, tile: int = 16, chunk_elements: int = 1 << 20,
+                 save_elements: int = SAVE_ELEMENTS):
         super().__init__()
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -299,9 +328,10 @@ class LAM(nn.Module):
             raise ValueError(f"radius must be >= 0, got {radius}")
         self.tile = int(tile)
         self.chunk_elements = int(chunk_elements)
+        self.save_elements = int(save_elements)
 
     def forward(self, seg: Tensor, feat: Tensor) -> Tensor:
-        return lam_windowed(seg, feat, self.sigma, self.radius, self.tile, self.chunk_elements)
+        return lam_windowed(seg, feat, self.sigma, self.radius, self.tile, self.chunk_elements, self.save_elements)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, radius={self.radius}, tile={self.tile}"
