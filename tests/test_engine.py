@@ -238,16 +238,3 @@ def test_blpseg_ddp_two_processes_cpu(synth_root, tmp_path):
     assert float(re.search(r"it 3/3 .*self_training ([0-9.]+)", log).group(1)) > 0
     assert float(re.search(r"it 2/3 .*self_training ([0-9.]+)", log).group(1)) == 0
     assert load_checkpoint(work / "model_final.pth")["iteration"] == 3
-
-
-@pytest.mark.slow
-def test_demo_quick_reports_blpseg_next_to_the_baselines(tmp_path, capsys):
-    """`weakseg demo --quick`: synthetic data, the three CPU presets, one report with all three rows and a grid."""
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quick"]) == 0
-    report = (out / "report.md").read_text()
-    for label in ("partial CE (scribbles)", "BLPSeg (scribbles)", "full supervision (masks)"):
-        assert f"| {label} |" in report
-    results = json.loads((out / "results.json").read_text())
-    assert len(results) == 3 and all(0.0 < r["metrics"]["miou"] <= 1.0 for r in results.values())
-    assert (out / "grid.png").stat().st_size > 0

@@ -6,7 +6,7 @@
     weakseg eval  --ckpt CKPT [--set key=value ...] [--crf PRESET] [--out DIR]
     weakseg predict IMAGE_OR_DIR... --ckpt CKPT --out DIR [--crf PRESET] [--overlay] [--probs]
     weakseg export --ckpt CKPT --onnx FILE
-    weakseg demo [--out DIR]
+    weakseg demo [--out DIR] [--quick] [--readme README.md]
     weakseg annotate IMAGES --classes classes.txt --out LABELS [--ckpt CKPT]
 """
 
@@ -143,8 +143,8 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from weakseg.engine.demo import run_demo
 
-    report = run_demo(Path(args.out), quick=args.quick)
-    print(f"demo report: {report}")
+    page = run_demo(Path(args.out), quick=args.quick, readme=Path(args.readme) if args.readme else None)
+    print(f"demo report: {page.resolve()}  (and {page.with_suffix('.md').name} next to it)")
     return 0
 
 
@@ -209,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=160, help="width of the tracing/check input (default 160)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="synthetic benchmark → train baselines and BLPSeg on CPU → report")
+    p = sub.add_parser("demo", help="demo data → every method on CPU with one network and budget → HTML report")
     p.add_argument("--out", default="work_dirs/demo", help="output folder (default work_dirs/demo)")
-    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="a much shorter run of the single-stage methods only (smoke test)")
+    p.add_argument("--readme", metavar="FILE",
+                   help="also write the results table into FILE's <!-- demo-results --> section (e.g. README.md)")
     p.set_defaults(func=cmd_demo)
 
     from weakseg.annotate.cli import add_annotate_command
