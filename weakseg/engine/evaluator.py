@@ -116,7 +116,8 @@ def evaluate(method, dataset, ev, meta: DatasetMeta, out_dir: Path, device: torc
         images_t = torch.stack([g["image"] for g in group]).to(device)
         probs = infer_probs(predict_fn, images_t, scales=ev.scales, flip=ev.flip, average=ev.average, mode=ev.mode,
                             crop=ev.crop_size, stride=ev.stride, resize=ev.resize, long_side=ev.long_side,
-                            pad=ev.pad, align_corners=ev.align_corners)
+                            pad=ev.pad, align_corners=ev.align_corners,
+                            image_resize=ev.image_resize)
         for sample, p in zip(group, probs):
             label = np.asarray(sample["label"])
             need_image = crf is not None or len(overlays) < ev.save_overlays
