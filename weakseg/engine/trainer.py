@@ -441,61 +441,61 @@ class Trainer:
                           purge_step=self.start_iter + 1 if self.start_iter else None)
         self.method.train()
         data_iter = iter(loader)
-        bar = progress(total=self.iters, initial=self.start_iter, desc=cfg.name)
-        running = self.running
-        t0 = time.time()
-        for it in range(self.start_iter, self.iters):
-            lr = set_lr(self.optimizer, cfg.optim.lr, lr_factor(
-                it, name=cfg.schedule.name, iters=self.iters, power=cfg.schedule.power,
-                warmup_iters=cfg.schedule.warmup_iters, warmup_ratio=cfg.schedule.warmup_ratio,
-                min_lr_ratio=cfg.schedule.min_lr_ratio))
-            batch = to_device(self._next_batch(data_iter), self.device, e.channels_last)
-            with autocast(self.device, self.amp_dtype):
-                out = self.model(batch, it)
-            losses = {k: v for k, v in out.items() if k.startswith("loss_")}
-            if not losses:
-                raise RuntimeError(f"{cfg.method.name}.training_step returned no loss_* entry")
-            self.optimizer.zero_grad(set_to_none=True)
-            skip = self._nonfinite(it, losses)
-            if not skip:
-                loss = sum(v.float() for v in losses.values())
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(self.optimizer)
-                else:
-                    loss.backward()
-                if cfg.optim.grad_clip:
-                    nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
+        # closed however the loop ends, so that an error message starts on a line of its own
+        with progress(total=self.iters, initial=self.start_iter, desc=cfg.name) as bar:
+            running = self.running
+            t0 = time.time()
+            for it in range(self.start_iter, self.iters):
+                lr = set_lr(self.optimizer, cfg.optim.lr, lr_factor(
+                    it, name=cfg.schedule.name, iters=self.iters, power=cfg.schedule.power,
+                    warmup_iters=cfg.schedule.warmup_iters, warmup_ratio=cfg.schedule.warmup_ratio,
+                    min_lr_ratio=cfg.schedule.min_lr_ratio))
+                batch = to_device(self._next_batch(data_iter), self.device, e.channels_last)
+                with autocast(self.device, self.amp_dtype):
+                    out = self.model(batch, it)
+                losses = {k: v for k, v in out.items() if k.startswith("loss_")}
+                if not losses:
+                    raise RuntimeError(f"{cfg.method.name}.training_step returned no loss_* entry")
+                self.optimizer.zero_grad(set_to_none=True)
+                skip = self._nonfinite(it, losses)
+                if not skip:
+                    loss = sum(v.float() for v in losses.values())
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                        self.scaler.unscale_(self.optimizer)
+                    else:
+                        loss.backward()
+                    if cfg.optim.grad_clip:
+                        nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+                    if self.scaler is not None:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
 
-                for k, v in out.items():
-                    if isinstance(v, torch.Tensor) and v.numel() == 1:
-                        value = float(v.detach())
-                        running[k] = 0.9 * running[k] + 0.1 * value if k in running else value
-            done = it + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(running.get(k, 0) for k in losses):.4f}", lr=f"{lr:.2e}", refresh=False)
-            if done % e.log_interval == 0 or done == self.iters:
-                tb.scalars({f"train/{k}": v for k, v in running.items()} | {"train/lr": lr}, done)
-                if wdist.is_main():
-                    rate = (done - self.start_iter) / max(time.time() - t0, 1e-9)
-                    skipped = f"  ({self.skipped} steps skipped)" if self.skipped else ""
-                    log.info("it %d/%d  lr %.3e  %s%s  (%.2f it/s)", done, self.iters, lr,
-                             "  ".join(f"{k} {v:.4f}" for k, v in running.items()), skipped, rate)
-            if e.eval_interval and done % e.eval_interval == 0 and done < self.iters:
-                metrics = self.evaluate(self.work_dir / f"eval_iter_{done:07d}", save=False)
-                tb.scalars({"val/miou": metrics["miou"]}, done)
-                self.method.train()
-            if self.best_dataset is not None and (done % e.best.interval == 0 or done == self.iters):
-                self._select(done, tb)
-            # the checkpoint comes after this iteration's evaluations, so that it holds their results
-            if e.ckpt_interval and done % e.ckpt_interval == 0 and done < self.iters:
-                self.save(done)
-        bar.close()
+                    for k, v in out.items():
+                        if isinstance(v, torch.Tensor) and v.numel() == 1:
+                            value = float(v.detach())
+                            running[k] = 0.9 * running[k] + 0.1 * value if k in running else value
+                done = it + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(running.get(k, 0) for k in losses):.4f}", lr=f"{lr:.2e}", refresh=False)
+                if done % e.log_interval == 0 or done == self.iters:
+                    tb.scalars({f"train/{k}": v for k, v in running.items()} | {"train/lr": lr}, done)
+                    if wdist.is_main():
+                        rate = (done - self.start_iter) / max(time.time() - t0, 1e-9)
+                        skipped = f"  ({self.skipped} steps skipped)" if self.skipped else ""
+                        log.info("it %d/%d  lr %.3e  %s%s  (%.2f it/s)", done, self.iters, lr,
+                                 "  ".join(f"{k} {v:.4f}" for k, v in running.items()), skipped, rate)
+                if e.eval_interval and done % e.eval_interval == 0 and done < self.iters:
+                    metrics = self.evaluate(self.work_dir / f"eval_iter_{done:07d}", save=False)
+                    tb.scalars({"val/miou": metrics["miou"]}, done)
+                    self.method.train()
+                if self.best_dataset is not None and (done % e.best.interval == 0 or done == self.iters):
+                    self._select(done, tb)
+                # the checkpoint comes after this iteration's evaluations, so that it holds their results
+                if e.ckpt_interval and done % e.ckpt_interval == 0 and done < self.iters:
+                    self.save(done)
         tb.close()
         self.save(self.iters)  # a resumable checkpoint at the end, then the model-only final file
         path = self.save(self.iters, final=True)
