@@ -390,3 +390,43 @@ def test_voc_sbe_bes_final_network_follows_the_deeplabv2_recipe(preset):
     cfg = load_config(CONFIGS / preset)
     wrong = [f"{k} = {lookup(cfg, k)!r}" for k, v in DEEPLABV2_RECIPE.items() if not same(lookup(cfg, k), v)]
     assert not wrong, f"{preset}: " + "; ".join(wrong)
+
+
+def test_coco_pretrained_deeplab_weights_load_into_a_caffe_style_resnet(tmp_path):
+    """kazuto1011/deeplab-pytorch's Caffe-converted DeepLab layout (MSC ``base.`` prefix, ``layer1.conv1`` stem,
+    ``layer2..5.block<j>.{reduce,conv3x3,increase,proj}``, a COCO ``aspp``) → a stride-in-1×1 ResNet, conv1 BGR → RGB."""
+    from weakseg.engine.config import load_config
+    from weakseg.engine.builders import build_method
+
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "sbe/sbe_r50-os16_b16-5e_coco14-512.yaml",
+                      ["model.backbone=resnet50", "model.pretrained=null", "model.backbone_options={stride_in_1x1: true}"])
+    src = build_method(cfg, 81).model.backbone
+    assert src.layer2[0].conv1.stride == (2, 2) and src.layer2[0].conv2.stride == (1, 1)    # Caffe: stride on 1×1
+    names = {"conv1": ("reduce", "conv"), "bn1": ("reduce", "bn"), "conv2": ("conv3x3", "conv"),
+             "bn2": ("conv3x3", "bn"), "conv3": ("increase", "conv"), "bn3": ("increase", "bn"),
+             "downsample.0": ("proj", "conv"), "downsample.1": ("proj", "bn")}
+    caffe = {}
+    for key, value in src.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith(("conv1.", "bn1.")):
+            head, rest = key.split(".", 1)
+            new = f"layer1.conv1.{'conv' if head == 'conv1' else 'bn'}.{rest}"
+            value = value.flip(1) if key == "conv1.weight" else value             # the Caffe file reads BGR
+        else:
+            layer, block, rest = key.split(".", 2)
+            part = next(p for p in names if rest.startswith(p + "."))
+            unit, kind = names[part]
+            new = f"layer{int(layer[5:]) + 1}.block{int(block) + 1}.{unit}.{kind}.{rest[len(part) + 1:]}"
+        caffe[f"base.{new}"] = value
+    caffe["base.aspp.c0.weight"], caffe["base.aspp.c0.bias"] = torch.zeros(91, 2048, 3, 3), torch.zeros(91)
+    torch.save(caffe, tmp_path / "deeplabv1_resnet101-coco.pth")
+    cfg.model.pretrained = str(tmp_path / "deeplabv1_resnet101-coco.pth")
+    dst = build_method(cfg, 81).model.backbone
+    for key, value in src.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(dst.state_dict()[key], value), key
+    cfg.model.backbone_options = {}                 # a torchvision-style ResNet does not take these weights silently
+    with pytest.raises(ValueError, match="stride_in_1x1"):
+        build_method(cfg, 81)

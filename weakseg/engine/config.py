@@ -62,6 +62,7 @@ class ModelConfig:
     norm: str = "bn"  # bn | syncbn | frozen_bn | gn
     head: str = "deeplabv3plus"  # deeplabv2 | deeplabv3plus | uper
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments of the head
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # backbone options, e.g. {stride_in_1x1: true}
 
 
 @dataclass

@@ -51,7 +51,8 @@ class Method(nn.Module):
         """The method's network from the ``model`` section (``self.cfg`` is set): backbone + head by default."""
         return build_segmentor(model_cfg.backbone, model_cfg.head, num_classes, pretrained=model_cfg.pretrained,
                                output_stride=model_cfg.output_stride, norm=model_cfg.norm,
-                               head_kwargs=dict(model_cfg.head_kwargs))
+                               head_kwargs=dict(model_cfg.head_kwargs),
+                               backbone_options=dict(getattr(model_cfg, "backbone_options", {}) or {}))
 
     @classmethod
     def stages(cls, cfg) -> list:

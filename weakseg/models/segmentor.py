@@ -71,7 +71,7 @@ class Segmentor(nn.Module):
 
 def build_segmentor(backbone: str, head: str, num_classes: int, *, pretrained: str | Path | None = None,
                     output_stride: int = 16, norm: str = "bn", frozen_stages: int = -1,
-                    head_kwargs: dict | None = None) -> Segmentor:
+                    head_kwargs: dict | None = None, backbone_options: dict | None = None) -> Segmentor:
     """Build a Segmentor from table names.
 
     Args:
@@ -84,6 +84,8 @@ def build_segmentor(backbone: str, head: str, num_classes: int, *, pretrained: s
             fixed_bn become bn (a new head must learn its statistics); ``head_kwargs["norm"]`` overrides.
         frozen_stages: backbone stem + stages to freeze (−1: none).
         head_kwargs: further head options (e.g. ``{"rates": (6, 12, 18, 24)}``); an unknown option raises TypeError.
+        backbone_options: further backbone constructor options (ResNet: ``stride_in_1x1`` for Caffe-converted
+            DeepLab weights, ``multi_grid``, ``dilate_first_block``).
 
     Returns:
         The Segmentor.
@@ -94,7 +96,7 @@ def build_segmentor(backbone: str, head: str, num_classes: int, *, pretrained: s
     if head not in HEADS:
         raise unknown_name_error("head", head, list(HEADS))
     net = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride, norm=norm,
-                         frozen_stages=frozen_stages)
+                         frozen_stages=frozen_stages, options=backbone_options)
     head_cls = HEADS[head]
     kwargs = dict(head_kwargs or {})
     if "norm" in inspect.signature(head_cls).parameters:

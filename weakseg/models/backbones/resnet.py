@@ -17,6 +17,7 @@ layer4 use the stage dilation × these factors, e.g. (1, 2, 4) at output stride 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import torch
@@ -31,16 +32,55 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
+# kazuto1011/deeplab-pytorch's Caffe-converted DeepLab layout: layer1 = stem, layer2..5 = our layer1..4 of
+# "block<j>" units with reduce / conv3x3 / increase / proj ConvBatchNorm pairs
+_CAFFE_BLOCK = re.compile(r"^layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|proj)\.(conv|bn)\.(.+)$")
+_CAFFE_PARTS = {("reduce", "conv"): "conv1", ("reduce", "bn"): "bn1", ("conv3x3", "conv"): "conv2",
+                ("conv3x3", "bn"): "bn2", ("increase", "conv"): "conv3", ("increase", "bn"): "bn3",
+                ("proj", "conv"): "downsample.0", ("proj", "bn"): "downsample.1"}
+
+
+def _remap_caffe_deeplab(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """kazuto1011/deeplab-pytorch DeepLab checkpoint (e.g. the COCO-pretrained ``deeplabv1_resnet101-coco.pth`` of
+    the DeepLab-v2 recipe, spec §4.7) → this module's keys. The ``aspp.*`` classifier is dropped (its classes are
+    COCO's), and conv1's input channels are reversed: Caffe's weights read BGR, weakseg feeds RGB. Such a backbone
+    needs ``stride_in_1x1=True`` and Caffe's input scaling (``data.mean`` = (122.675, 116.669, 104.008) / 255,
+    ``data.std`` = 1/255: x·255 − mean, no division)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("aspp."):
+            continue
+        if key.startswith("layer1.conv1."):
+            kind, rest = key[len("layer1.conv1."):].split(".", 1)
+            key = ("conv1." if kind == "conv" else "bn1.") + rest
+            if key == "conv1.weight":
+                value = value.flip(1)
+        else:
+            m = _CAFFE_BLOCK.match(key)
+            if m is not None:
+                stage, block, part, kind, rest = m.groups()
+                key = f"layer{int(stage) - 1}.{int(block) - 1}.{_CAFFE_PARTS[(part, kind)]}.{rest}"
+        out[key] = value
+    return out
+
+
 def remap_resnet_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Torchvision / timm / PyTorch-Encoding ResNet checkpoint → this module's keys.
 
-    The three share the layout; this strips DataParallel/DDP ``module.`` prefixes and drops the ``fc.*``
-    classifier. Everything else must then match exactly (the loader is strict).
+    The three share the layout; this strips DataParallel/DDP ``module.`` (and DeepLab MSC ``base.``) prefixes and
+    drops the ``fc.*`` classifier. A kazuto1011/deeplab-pytorch Caffe-converted DeepLab file (recognised by its
+    ``layer2.block1.reduce.conv.weight`` key) is converted by :func:`_remap_caffe_deeplab`. Everything else must
+    then match exactly (the loader is strict).
     """
-    out = {}
+    stripped = {}
     for key, value in state_dict.items():
-        while key.startswith("module."):
-            key = key[len("module."):]
+        while key.startswith(("module.", "base.")):
+            key = key.split(".", 1)[1]
+        stripped[key] = value
+    if "layer2.block1.reduce.conv.weight" in stripped:
+        return _remap_caffe_deeplab(stripped)
+    out = {}
+    for key, value in stripped.items():
         if key.startswith("fc."):
             continue
         out[key] = value
@@ -134,7 +174,14 @@ class ResNet(Backbone):
             (DeepLab-v2 / CDSP) instead of keeping the previous dilation (torchvision).
     """
 
-    remap_checkpoint = staticmethod(remap_resnet_checkpoint)
+    def remap_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:func:`remap_resnet_checkpoint`, refusing Caffe-converted DeepLab weights for a block with the stride on
+        the 3×3 convolution: every shape would match, so they would load silently into the wrong strides."""
+        out = remap_resnet_checkpoint(state_dict)
+        if any(k.endswith("layer2.block1.reduce.conv.weight") for k in state_dict) and not self.stride_in_1x1:
+            raise ValueError("Caffe-converted DeepLab weights (kazuto1011/deeplab-pytorch layout) need the Caffe "
+                             "block: set model.backbone_options: {stride_in_1x1: true}")
+        return out
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], *,
                  output_stride: int = 32, norm: str = "bn", deep_stem: bool = False, dilated: bool = True,
@@ -144,6 +191,7 @@ class ResNet(Backbone):
         if multi_grid is not None and (len(multi_grid) != layers[3] or any(int(g) != g or g < 1 for g in multi_grid)):
             raise ValueError(f"multi_grid must give one positive integer per layer4 block ({layers[3]}), "
                              f"got {tuple(multi_grid)}")
+        self.stride_in_1x1 = stride_in_1x1
         if stride_in_1x1 and block is not Bottleneck:
             raise ValueError("stride_in_1x1 applies to Bottleneck ResNets (50/101) only")
         block_options = {"stride_in_1x1": True} if stride_in_1x1 else {}
