@@ -7,6 +7,7 @@ A sample (before transforms) is a dict with:
 * ``supervision="scribble"``: ``scribble`` H×W uint8 class ids on strokes, 255 = not annotated, plus ``tags``;
 * ``supervision="tags"``: ``tags`` only — C float32 multi-hot, background (index 0) always 1;
 * ``supervision="pseudo"``: ``pseudo`` H×W uint8 pseudo-mask, 255 = ignore, plus ``tags``;
+* ``supervision="scribble_pseudo"``: ``scribble`` and ``pseudo`` (CDSP), plus ``tags``;
 * ``supervision="none"``: image only (inference);
 * ``with_label=True`` additionally loads the dense ``label`` (evaluation); otherwise dense ground truth is never read
   for weak supervision;
@@ -45,7 +46,7 @@ from weakseg.utils.io import DataError, read_label, read_rgb
 
 log = logging.getLogger("weakseg")
 
-SUPERVISIONS = ("full", "scribble", "tags", "pseudo", "none")
+SUPERVISIONS = ("full", "scribble", "tags", "pseudo", "scribble_pseudo", "none")
 TAGS_SOURCES = ("label", "scribble", "xml", "file", "pseudo")
 
 
@@ -140,11 +141,11 @@ class SegDataset(torch.utils.data.Dataset):
         if supervision not in SUPERVISIONS:
             raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
         if tags_source is None:
-            tags_source = "scribble" if supervision == "scribble" else "label"
+            tags_source = "scribble" if supervision in ("scribble", "scribble_pseudo") else "label"
         if tags_source not in TAGS_SOURCES:
             raise ValueError(f"tags_source must be one of {TAGS_SOURCES}, got {tags_source!r}")
-        if supervision == "pseudo" and pseudo_dir is None:
-            raise ValueError("supervision='pseudo' needs pseudo_dir")
+        if supervision in ("pseudo", "scribble_pseudo") and pseudo_dir is None:
+            raise ValueError(f"supervision={supervision!r} needs pseudo_dir")
         if tags_source == "file" and tags_file is None and supervision in ("scribble", "tags", "pseudo"):
             raise ValueError("tags_source='file' needs tags_file")
         if tags_source == "pseudo" and tags_dir is None and pseudo_dir is None:
@@ -252,12 +253,12 @@ class SegDataset(torch.utils.data.Dataset):
         sup = self.supervision
         if sup == "full" or self.with_label:
             sample[K.LABEL] = self._class_map(self._file(self.label_dir, sid, self.label_ext), size, "label")
-        if sup == "scribble":
+        if sup in ("scribble", "scribble_pseudo"):
             sample[K.SCRIBBLE] = self._class_map(self._file(self.scribble_dir, sid, ".png"), size, "scribble")
-        if sup == "pseudo":
+        if sup in ("pseudo", "scribble_pseudo"):
             assert self.pseudo_dir is not None
             sample[K.PSEUDO] = self._class_map(self._file(self.pseudo_dir, sid, ".png"), size, "pseudo-label")
-        if sup in ("scribble", "tags", "pseudo"):
+        if sup in ("scribble", "tags", "pseudo", "scribble_pseudo"):
             sample[K.TAGS] = self._tags(sid, size, sample.get(K.SCRIBBLE) if self.tags_source == "scribble" else None)
         if self.saliency_dir is not None:
             sal = self._any_map(self._file(self.saliency_dir, sid, ".png"), size, "saliency")

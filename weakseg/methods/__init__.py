@@ -2,6 +2,7 @@
 
 from weakseg.methods.base import Method
 from weakseg.methods.blpseg import BLPSeg
+from weakseg.methods.cdsp import CDSP
 from weakseg.methods.full import FullSupervision
 from weakseg.methods.partial_ce import PartialCE
 from weakseg.methods.sbe import BES, SBE
@@ -12,6 +13,7 @@ METHODS: dict[str, type[Method]] = {
     "blpseg": BLPSeg,
     "bes": BES,
     "sbe": SBE,
+    "cdsp": CDSP,
 }
 
 __all__ = ["METHODS", "Method"]

@@ -97,16 +97,23 @@ class WalkSection:
 
 
 @dataclass
-class BESConfig:
-    name: str = "bes"  # method name
-    saliency: bool = False  # the BES → SBE switch: saliency cues in the labels and the saliency-split loss
-    cam: CAMSection = field(default_factory=CAMSection)  # train_cam / make_cam / eval_cam
+class PropagationConfig:
+    """The sections of the stages after the CAMs (boundary labels → boundary net → random walk); CDSP embeds them
+    as ``method.bes`` to make its pseudo-labels with BES/SBE."""
+
     labels: BoundaryLabelsSection = field(default_factory=BoundaryLabelsSection)  # make_boundary_labels
     boundary: BoundaryNetSection = field(default_factory=BoundaryNetSection)  # train_boundary_net
     walk: WalkSection = field(default_factory=WalkSection)  # make_pseudo_masks
-    score_list: str | None = None  # ids scored by eval_cam / eval_pseudo_masks (None = train_list ids with GT)
     crf_backend: str = "auto"  # auto (pydensecrf when installed, else torch) | pydensecrf | torch
     saliency_threads: int | None = None  # onnxruntime CPU threads of make_saliency (None = onnxruntime's choice)
+
+
+@dataclass
+class BESConfig(PropagationConfig):
+    name: str = "bes"  # method name
+    saliency: bool = False  # the BES → SBE switch: saliency cues in the labels and the saliency-split loss
+    cam: CAMSection = field(default_factory=CAMSection)  # train_cam / make_cam / eval_cam
+    score_list: str | None = None  # ids scored by eval_cam / eval_pseudo_masks (None = train_list ids with GT)
 
 
 @dataclass
@@ -192,28 +199,9 @@ class BES(Method):
     def stages(cls, cfg) -> list[Stage]:
         """The pipeline of §4.1 for the run config ``cfg`` (see the module docstring)."""
         m = cfg.method
-        sal_stage = m.saliency and cfg.data.saliency_dir is None
-        sal_reads = ("make_saliency",) if sal_stage else ()
-        sal_config = ("method.saliency", "data.saliency_dir")
         stages: list[Stage] = cam_stages("method.cam", score_list="method.score_list" if m.score_list else None)
-        if sal_stage:
-            stages.append(saliency_stage("method.saliency_threads"))
+        stages += propagation_stages(cfg, "method", m.saliency, "method.saliency")
         stages += [
-            PerImageStage("make_boundary_labels", lambda ctx: ctx.train_ids(), _setup_boundary_labels,
-                          make_boundary_labels_image, reads=("make_cam",) + sal_reads,
-                          config=DATA_IMAGES + sal_config + ("method.labels", "method.crf_backend"), doc=(
-                              "<id>.png: 8-bit boundary codes BG 0, FG 50, FG_FG 100, FG_BG 150, IGNORE 200, "
-                              "CERTAIN_FG_BG 250 (SBE)")),
-            TrainStage("train_boundary_net", _build_train_boundary, section="method.boundary",
-                       reads=("make_boundary_labels",) + sal_reads,
-                       config=DATA_IMAGES + sal_config + ("method.boundary", "method.labels.sal_bg_thres",
-                                                          "engine.seed", "engine.amp"),
-                       doc="boundary net (frozen backbone + side branches); train_boundary_net/model_final.pth"),
-            PerImageStage("make_pseudo_masks", lambda ctx: ctx.train_ids(), _setup_pseudo_masks,
-                          make_pseudo_mask_image, reads=("make_cam", "train_boundary_net"),
-                          config=DATA_TAGS + section_paths("method.boundary", "model", "dilated")
-                          + ("method.walk", "method.crf_backend", "eval.amp"),
-                          doc="<id>.png: palette PNG of class ids 0..C−1 (never 255)"),
             score_masks_stage("eval_pseudo_masks", "make_pseudo_masks",
                               lambda c: c.method.score_list, config=("method.score_list",)),
             train_seg_stage(cls, "make_pseudo_masks", doc="DeepLab-v2 on the pseudo-masks; train_seg/model_final.pth"),
@@ -222,15 +210,47 @@ class BES(Method):
         return stages
 
 
+def propagation_stages(cfg, prefix: str, saliency: bool, switch: str) -> list[Stage]:
+    """[make_saliency (when needed),] make_boundary_labels → train_boundary_net → make_pseudo_masks, reading the
+    :class:`PropagationConfig` at ``prefix`` and the CAMs of the kit's ``make_cam``; ``saliency`` is the SBE switch
+    (``switch``: the config path that decides it, for the fingerprints)."""
+    sal_stage = saliency and cfg.data.saliency_dir is None
+    sal_reads = ("make_saliency",) if sal_stage else ()
+    sal_config = (switch, "data.saliency_dir")
+    p = functools.partial
+    stages: list[Stage] = [saliency_stage(f"{prefix}.saliency_threads")] if sal_stage else []
+    return stages + [
+        PerImageStage("make_boundary_labels", _train_ids, p(_setup_boundary_labels, prefix=prefix, saliency=saliency),
+                      make_boundary_labels_image, reads=("make_cam",) + sal_reads,
+                      config=DATA_IMAGES + sal_config + (f"{prefix}.labels", f"{prefix}.crf_backend"), doc=(
+                          "<id>.png: 8-bit boundary codes BG 0, FG 50, FG_FG 100, FG_BG 150, IGNORE 200, "
+                          "CERTAIN_FG_BG 250 (SBE)")),
+        TrainStage("train_boundary_net", p(_build_train_boundary, prefix=prefix, saliency=saliency),
+                   section=f"{prefix}.boundary", reads=("make_boundary_labels",) + sal_reads,
+                   config=DATA_IMAGES + sal_config + (f"{prefix}.boundary", f"{prefix}.labels.sal_bg_thres",
+                                                      "engine.seed", "engine.amp"),
+                   doc="boundary net (frozen backbone + side branches); train_boundary_net/model_final.pth"),
+        PerImageStage("make_pseudo_masks", _train_ids, p(_setup_pseudo_masks, prefix=prefix),
+                      make_pseudo_mask_image, reads=("make_cam", "train_boundary_net"),
+                      config=DATA_TAGS + section_paths(f"{prefix}.boundary", "model", "dilated")
+                      + (f"{prefix}.walk", f"{prefix}.crf_backend", "eval.amp"),
+                      doc="<id>.png: palette PNG of class ids 0..C−1 (never 255)"),
+    ]
+
+
+def _train_ids(ctx: StageContext) -> list[str]:
+    return ctx.train_ids()
+
+
 class SBE(BES):
     """SBE = BES with ``method.saliency`` on and SBE's thresholds (the defaults of :class:`SBEConfig`)."""
 
     Config = SBEConfig
 
 
-def _saliency_dir(ctx: StageContext) -> str | None:
+def _saliency_dir(ctx: StageContext, saliency: bool) -> str | None:
     """The saliency folder when the switch is on: ``data.saliency_dir`` (relative to data.root) or make_saliency's."""
-    if not ctx.cfg.method.saliency:
+    if not saliency:
         return None
     return ctx.cfg.data.saliency_dir or str(ctx.dir("make_saliency"))
 
@@ -242,31 +262,33 @@ def _saliency_dir(ctx: StageContext) -> str | None:
 @dataclass
 class _State:
     ctx: StageContext
+    section: Any  # the PropagationConfig
     dataset: Any
     index: dict[str, int]
     crf: Any = None
     net: Any = None
+    saliency: bool = False
 
 
-def _state(ctx: StageContext, dataset, crf=None, net=None) -> _State:
-    return _State(ctx, dataset, {sid: i for i, sid in enumerate(dataset.ids)}, crf, net)
+def _state(ctx: StageContext, prefix: str, dataset, crf=None, net=None, saliency: bool = False) -> _State:
+    return _State(ctx, get_path(ctx.cfg, prefix), dataset, {sid: i for i, sid in enumerate(dataset.ids)}, crf, net,
+                  saliency)
 
 
-def _setup_boundary_labels(ctx: StageContext) -> _State:
-    m = ctx.cfg.method
-    return _state(ctx, ctx.dataset(saliency_dir=_saliency_dir(ctx)),
-                  _crf(m.labels.crf, m.crf_backend, "method.labels.crf"))
+def _setup_boundary_labels(ctx: StageContext, prefix: str, saliency: bool) -> _State:
+    m = get_path(ctx.cfg, prefix)
+    return _state(ctx, prefix, ctx.dataset(saliency_dir=_saliency_dir(ctx, saliency)),
+                  _crf(m.labels.crf, m.crf_backend, f"{prefix}.labels.crf"), saliency=saliency)
 
 
 def make_boundary_labels_image(state: _State, sample_id: str, path: Path) -> None:
     """Write ``<id>.png``: H×W uint8 codes BG 0, FG 50, FG_FG 100, FG_BG 150, IGNORE 200, CERTAIN_FG_BG 250 (SBE)
     from the CAM ``high_res`` (and, with the saliency switch, the saliency map)."""
-    m = state.ctx.cfg.method
-    s = m.labels
+    s = state.section.labels
     sample = state.dataset.load(state.index[sample_id])
     cams = load_cams(state.ctx, sample_id)
     cues = {}
-    if m.saliency:
+    if state.saliency:
         cues = dict(saliency=sample[K.SALIENCY], salbound_thres=s.salbound_thres, sal_bg_thres=s.sal_bg_thres)
     _, codes = make_boundary_labels(
         cams["high_res"].astype(np.float32), cams["keys"], sample[K.IMAGE], conf_fg_thres=s.conf_fg_thres,
@@ -279,30 +301,30 @@ def make_boundary_labels_image(state: _State, sample_id: str, path: Path) -> Non
 # train_boundary_net (§4.4, §4.5)
 
 
-def _build_train_boundary(ctx: StageContext) -> TrainJob:
-    m, d = ctx.cfg.method, ctx.cfg.data
+def _build_train_boundary(ctx: StageContext, prefix: str, saliency: bool) -> TrainJob:
+    m, d = get_path(ctx.cfg, prefix), ctx.cfg.data
     s = m.boundary
     transform = build_train_transforms(crop_size=s.crop_size, scale_range=tuple(s.scale_range),
                                        flip_prob=s.flip_prob, color_jitter=None, mean=d.mean, std=d.std,
                                        crop_policy="paste")
-    dataset = ctx.dataset(transform=transform, saliency_dir=_saliency_dir(ctx),
+    dataset = ctx.dataset(transform=transform, saliency_dir=_saliency_dir(ctx, saliency),
                           maps={K.BOUNDARY: ctx.dir("make_boundary_labels")})
     return TrainJob(BoundaryTraining(_boundary_net(s, pretrained=True),
-                                     m.labels.sal_bg_thres if m.saliency else None), dataset)
+                                     m.labels.sal_bg_thres if saliency else None), dataset)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # make_pseudo_masks (§4.6)
 
 
-def _setup_pseudo_masks(ctx: StageContext) -> _State:
-    m = ctx.cfg.method
+def _setup_pseudo_masks(ctx: StageContext, prefix: str) -> _State:
+    m = get_path(ctx.cfg, prefix)
     if m.walk.normalize not in ("global", "per_class"):
-        raise ValueError(f"method.walk.normalize must be global or per_class, got {m.walk.normalize!r}")
+        raise ValueError(f"{prefix}.walk.normalize must be global or per_class, got {m.walk.normalize!r}")
     module = BoundaryTraining(_boundary_net(m.boundary, pretrained=False))  # weights come from the checkpoint
     ctx.load_weights(module, ctx.checkpoint("train_boundary_net"))
     module.to(ctx.device).eval()
-    return _state(ctx, ctx.dataset(), _crf(m.walk.crf, m.crf_backend, "method.walk.crf"), module.net)
+    return _state(ctx, prefix, ctx.dataset(), _crf(m.walk.crf, m.crf_backend, f"{prefix}.walk.crf"), module.net)
 
 
 @contextlib.contextmanager
@@ -323,7 +345,7 @@ def make_pseudo_mask_image(state: _State, sample_id: str, path: Path) -> None:
     B = flip-averaged boundary map (stride 4); the CAMs ``cams`` walk with T = colnorm(a^β) for 2^exp_times steps
     from V ⊙ (1 − B); upsampled ×4, divided by the max, argmax([bg_thres, scores]); optionally CRF-refined.
     """
-    ctx, w = state.ctx, state.ctx.cfg.method.walk
+    ctx, w = state.ctx, state.section.walk
     sample = state.dataset.load(state.index[sample_id])
     cams = load_cams(ctx, sample_id)
     keys = torch.from_numpy(cams["keys"])
@@ -349,4 +371,4 @@ def make_pseudo_mask_image(state: _State, sample_id: str, path: Path) -> None:
     save_label_png(path, label, ctx.meta.palette)
 
 
-__all__ = ["BES", "SBE", "BESConfig", "SBEConfig", "BoundaryTraining", "get_path"]
+__all__ = ["BES", "SBE", "BESConfig", "SBEConfig", "BoundaryTraining", "PropagationConfig", "propagation_stages"]
