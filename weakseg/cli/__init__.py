@@ -113,12 +113,8 @@ def cmd_run(args) -> int:
     from weakseg.engine.pipeline import run_pipeline
     from weakseg.utils import dist as wdist
 
-    from weakseg.engine.config import resolve_work_dir
-    from weakseg.engine.runtime import WorkDirLock
-
     cfg = load_config(args.config, args.set)
-    with WorkDirLock(resolve_work_dir(cfg), "weakseg run"):
-        summary = run_pipeline(cfg, from_stage=args.from_stage, only=args.only, force=args.force)
+    summary = run_pipeline(cfg, from_stage=args.from_stage, only=args.only, force=args.force)  # holds the lock
     if wdist.is_main():
         for name, info in summary.items():
             extra = f"  mIoU {100 * info['miou']:.2f}" if info.get("miou") is not None else ""
