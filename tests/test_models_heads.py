@@ -119,7 +119,7 @@ def test_segmentor_output_and_param_groups(head):
     out = model(torch.randn(2, 3, 64, 64))
     assert set(out) == {"seg"}
     assert tuple(out["seg"].shape) == (2, 3, 64 // model.stride, 64 // model.stride)
-    assert model.stride == {"aspp_c": 16, "deeplabv2": 16, "deeplabv3plus": 4, "uper": 4}[head]
+    assert model.stride == {"aspp_c": 16, "deeplabv2": 16, "deeplabv3plus": 4, "largefov": 16, "uper": 4}[head]
     out["seg"].mean().backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)

@@ -6,6 +6,7 @@ from weakseg.methods.cdsp import CDSP
 from weakseg.methods.full import FullSupervision
 from weakseg.methods.partial_ce import PartialCE
 from weakseg.methods.sbe import BES, SBE
+from weakseg.methods.webcoseg import WebCoseg
 
 METHODS: dict[str, type[Method]] = {
     "full": FullSupervision,
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     "bes": BES,
     "sbe": SBE,
     "cdsp": CDSP,
+    "webcoseg": WebCoseg,
 }
 
 __all__ = ["METHODS", "Method"]

@@ -133,7 +133,8 @@ class CDSP(Method):
         self.loss_dist = DistanceEntropyLoss()
 
     def build_model(self, model_cfg, num_classes: int) -> CDSPNet:
-        options = cdsp_backbone_options(model_cfg.backbone) if self.cfg.reference_layout else {}
+        options = {**(cdsp_backbone_options(model_cfg.backbone) if self.cfg.reference_layout else {}),
+                   **dict(model_cfg.backbone_options)}
         head_kwargs = {**cdsp_head_kwargs(model_cfg.head), **dict(model_cfg.head_kwargs)}
         return CDSPNet(model_cfg.backbone, model_cfg.head, num_classes, pretrained=model_cfg.pretrained,
                        output_stride=model_cfg.output_stride, norm=model_cfg.norm, backbone_options=options,

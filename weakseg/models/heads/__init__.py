@@ -13,6 +13,7 @@ import torch.nn as nn
 from weakseg.models.heads.aspp_c import ASPPClassHead
 from weakseg.models.heads.deeplabv2 import DeepLabV2Head
 from weakseg.models.heads.deeplabv3plus import ASPP, DeepLabV3PlusHead
+from weakseg.models.heads.largefov import LargeFOVHead
 from weakseg.models.heads.uper import UPerDecoder, UPerHead
 
 # name → constructor(feature_info, num_classes, **head options)
@@ -20,7 +21,9 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "aspp_c": ASPPClassHead,
     "deeplabv2": DeepLabV2Head,
     "deeplabv3plus": DeepLabV3PlusHead,
+    "largefov": LargeFOVHead,
     "uper": UPerHead,
 }
 
-__all__ = ["ASPP", "ASPPClassHead", "HEADS", "DeepLabV2Head", "DeepLabV3PlusHead", "UPerDecoder", "UPerHead"]
+__all__ = ["ASPP", "ASPPClassHead", "HEADS", "DeepLabV2Head", "DeepLabV3PlusHead", "LargeFOVHead", "UPerDecoder",
+           "UPerHead"]
