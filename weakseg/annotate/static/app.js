@@ -514,6 +514,8 @@ async function main() {
   try {
     const session = await (await api("/api/session")).json();
     S.classes = session.classes; S.palette = session.palette; S.images = session.images; S.overlay = session.overlay;
+    // VOC's background colour is black, invisible on dark photos: the page shows it in cyan (the PNG keeps ids)
+    if (S.palette[0].every((v) => v === 0)) S.palette[0] = [0, 220, 255];
     $("model-section").hidden = !S.overlay;
     if (S.overlay) $("show-uncertainty").checked = true;
     renderClasses();
