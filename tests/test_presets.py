@@ -381,9 +381,6 @@ def test_deeplabv2_training_scales_and_corner_padding():
     assert sizes == {3, 8}  # 6·0.5 = 3 (padded bottom/right), 6·1.5 = 9 → cropped to 8
 
 
-@pytest.mark.xfail(strict=True, reason="the VOC SBE/BES presets (configs/sbe, configs/bes: the lead's) still train the "
-                                       "final DeepLab-v2 with a uniform scale range and test at one scale; remove this "
-                                       "mark when they take DEEPLABV2_RECIPE")
 @pytest.mark.parametrize("preset", ["sbe/sbe_r50-os16_b16-5e_voc12aug-512.yaml",
                                     "bes/bes_r50-os16_b16-5e_voc12aug-512.yaml"])
 def test_voc_sbe_bes_final_network_follows_the_deeplabv2_recipe(preset):

@@ -28,7 +28,8 @@ import torch
 from weakseg.engine import builders
 from weakseg.engine.amp import autocast_dtype
 from weakseg.engine.checkpoint import load_checkpoint
-from weakseg.engine.config import Config, ConfigError, config_hash, dump_yaml, resolve_work_dir, to_dict
+from weakseg.engine.config import (Config, ConfigError, build_config, config_hash, dump_yaml, resolve_work_dir,
+                                   to_dict)
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.runtime import progress, setup_logging
 from weakseg.engine.trainer import Trainer
@@ -77,9 +78,17 @@ def stage_values(stage, cfg_dict: dict) -> dict[str, Any]:
     return values
 
 
+def default_values(cfg: Config) -> dict:
+    """The config of ``cfg``'s method with every value at its default (as a mapping)."""
+    return to_dict(build_config({"method": {"name": cfg.method.name}}, source="<defaults>"))
+
+
 def fingerprints(stages: list, cfg: Config) -> dict[str, tuple[str, dict, dict]]:
-    """``{stage: (fingerprint, values, {read stage: its fingerprint})}`` for the whole stage list, in order."""
-    cfg_dict = to_dict(cfg)
+    """``{stage: (fingerprint, values, {read stage: its fingerprint})}`` for the whole stage list, in order.
+
+    The hash covers the values that differ from their defaults: a setting added to weakseg later (at its default)
+    does not make finished stages stale, while setting any value, or changing it back, does."""
+    cfg_dict, defaults = to_dict(cfg), default_values(cfg)
     out: dict[str, tuple[str, dict, dict]] = {}
     for stage in stages:
         missing = [r for r in stage.reads if r not in out]
@@ -87,11 +96,22 @@ def fingerprints(stages: list, cfg: Config) -> dict[str, tuple[str, dict, dict]]
             raise ConfigError(f"stage {stage.name} reads {missing[0]}, which does not come before it in the method's "
                               f"stage list")
         values = stage_values(stage, cfg_dict)
+        base = _leaf_defaults(defaults, values)
         reads = {r: out[r][0] for r in stage.reads}
-        kind = type(stage).__name__
-        payload = {"kind": kind, "values": values, "reads": reads,
+        payload = {"kind": type(stage).__name__, "reads": reads,
+                   "values": {k: v for k, v in values.items() if k not in base or base[k] != v},
                    "format_version": getattr(stage, "format_version", 1)}
         out[stage.name] = (config_hash(payload), values, reads)
+    return out
+
+
+def _leaf_defaults(defaults: dict, values: dict) -> dict:
+    out = {}
+    for key in values:
+        try:
+            out[key] = get_path(defaults, key)
+        except (KeyError, AttributeError, TypeError):  # e.g. a key inside a mapping such as lr_mult
+            pass
     return out
 
 
@@ -102,8 +122,10 @@ def explain_change(old: dict, values: dict, reads: dict) -> str:
     parts = []
     before = old.get("values", {})
     for key in sorted(set(before) | set(values)):
-        if before.get(key, "<absent>") != values.get(key, "<absent>"):
-            parts.append(f"{key} changed ({before.get(key, '<absent>')!r} → {values.get(key, '<absent>')!r})")
+        if key in before and before[key] != values.get(key, "<absent>"):
+            parts.append(f"{key} changed ({before[key]!r} → {values.get(key, '<absent>')!r})")
+        elif key not in before:
+            parts.append(f"{key} set ({values[key]!r})")
     for name in sorted(set(old.get("reads", {})) | set(reads)):
         if old.get("reads", {}).get(name) != reads.get(name):
             parts.append(f"input stage {name} changed")
