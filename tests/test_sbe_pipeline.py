@@ -324,3 +324,22 @@ def test_per_image_stage_workers_give_the_same_artefacts(synth, bes_run, tmp_pat
             new = np.asarray(Image.open(work / stage / f"{sid}.png"))
             old = np.asarray(Image.open(bes_run[0] / stage / f"{sid}.png"))
             assert np.array_equal(new, old), (stage, sid)  # rank 0's share of sorted(ids)[0::2]
+
+
+def test_fingerprint_ignores_new_settings_at_their_default(monkeypatch):
+    """A setting that a later weakseg adds (at its default) leaves finished stages valid; setting it does not."""
+    from weakseg.engine import pipeline
+
+    cfg = load_config(PRESETS["bes"])
+    stages = METHODS["bes"].stages(cfg)
+    now = pipeline.fingerprints(stages, cfg)
+    real = pipeline.stage_values
+
+    def without_new_key(stage, cfg_dict):  # what an older weakseg saw: no backbone_options key at all
+        return {k: v for k, v in real(stage, cfg_dict).items() if not k.endswith("backbone_options")}
+
+    monkeypatch.setattr(pipeline, "stage_values", without_new_key)
+    assert pipeline.fingerprints(stages, cfg)["train_cam"][0] == now["train_cam"][0]
+    monkeypatch.undo()
+    changed = load_config(PRESETS["bes"], ["method.cam.model.backbone_options={stride_in_1x1: true}"])
+    assert pipeline.fingerprints(METHODS["bes"].stages(changed), changed)["train_cam"][0] != now["train_cam"][0]
