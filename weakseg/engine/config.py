@@ -106,7 +106,7 @@ class EngineConfig:
     work_dir: str | None = None  # default: work_dirs/<config stem>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8  # GLOBAL batch size (split over torchrun ranks)
-    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | none
+    amp: str = "auto"  # auto (CPU: bf16 if native and measured faster, else fp32; CUDA: bf16/fp16) | bf16 | fp16 | none
     channels_last: bool = True  # channels_last memory format for model and input
     seed: int = 0  # base seed; rank r uses seed + r for augmentation
     log_interval: int = 20  # iterations between log lines / TensorBoard scalars
