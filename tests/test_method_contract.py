@@ -85,3 +85,17 @@ def test_method_contract(name, tmp_path, one_thread):
     assert len(names) == len(set(names)), f"{name}: duplicate stage names {names}"
     for i, stage in enumerate(stages):  # every stage reads only stages listed before it
         assert set(stage.reads) <= set(names[:i]), (name, stage.name, stage.reads)
+
+
+def test_architecture_doc_lists_every_stage():
+    """docs/architecture.md's stage tables name every stage the multi-stage presets run."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs/architecture.md").read_text(encoding="utf-8")
+    for preset in sorted(root.glob("configs/*/*.yaml")):
+        if preset.parent.name == "_base_":
+            continue
+        cfg = load_config(preset)
+        for stage in METHODS[cfg.method.name].stages(cfg):
+            assert f"`{stage.name}`" in doc, f"{stage.name} ({preset.name}) missing from docs/architecture.md"
