@@ -15,7 +15,7 @@ from weakseg.utils.io import read_label
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs/webcoseg/webcoseg_mnv2-os16_b16-synth-128.yaml"
-STAGES = ["index_web", "cosegment", "train_init", "estimate_masks", "eval_estimated_masks", "train_seg", "evaluate"]
+STAGES = ["index_web", "cosegment", "train_init", "eval_init", "estimate_masks", "eval_estimated_masks", "train_seg", "evaluate"]
 TINY = [
     "model.pretrained=null", "method.init.model.pretrained=null", "method.init.schedule.iters=4",
     "method.init.schedule.warmup_iters=0", "method.init.batch_size=4", "method.init.crop_size=48",
@@ -58,6 +58,8 @@ def test_webcoseg_end_to_end(data, tmp_path):
         assert set(np.unique(mask)) <= {0, int(class_id), 255}
     assert (work / "train_init/model_best.pth").is_file()  # selection on held-out target images
     assert (work / "train_init/selection.txt").read_text().split()
+    init = json.loads((work / "eval_init/metrics.json").read_text())  # the generator itself, on the val split
+    assert len(init["iou"]) == 8 and 0.0 <= init["miou"] <= 1.0
     tags = json.loads((data / "target/tags.json").read_text())
     for sid in (data / "target/ImageSets/Segmentation/train.txt").read_text().split():
         est = read_label(work / "estimate_masks" / f"{sid}.png")

@@ -10,6 +10,8 @@ The pipeline (``weakseg run configs/webcoseg/*.yaml``):
                           → masks/<web id>.png (0, class id, 255 unsure); skipped with method.web.mask_dir
     train_init            the initial mask generator on the web images and their masks only (method.init:
                           its network, constant LR, window-then-resize crops, best-snapshot selection)       (§5.2-5.3)
+    eval_init             the chosen initial generator on data.val_list with the eval section (the reference's
+                          ``eval_seg_model.py --model init``)
     estimate_masks        target training images: 3 scales, summed probabilities, classes not in the image's
                           tags zeroed (background kept), argmax, optional CRF                                (§5.4)
     eval_estimated_masks  their mIoU on the training split (where ground truth exists)
@@ -36,7 +38,7 @@ from weakseg.data.web_dataset import WebSegDataset
 from weakseg.engine.config import ModelConfig, OptimConfig, ScheduleConfig
 from weakseg.losses.partial_ce import PartialCrossEntropy
 from weakseg.methods.base import Method, upsample_to
-from weakseg.methods.kit import (DATA_TAGS, EvalStage, PerImageStage, Stage, StageContext, TrainJob, TrainSection,
+from weakseg.methods.kit import (DATA_TAGS, RUN_EVAL, EvalStage, PerImageStage, Stage, StageContext, TrainJob, TrainSection,
                                  TrainStage, evaluate_stage, run_train_transforms, score_masks_stage, train_seg_stage)
 from weakseg.models.webcoseg_net import WebCosegNet
 from weakseg.modules.coseg import CosegConfig, CosegModels, cosegment_class
@@ -158,6 +160,9 @@ class WebCoseg(Method):
                        config=masks + ("method.init", "data.mean", "data.std", "data.label_dir", "data.train_list",
                                        "data.val_list", "engine.seed", "engine.amp"),
                        doc="the initial mask generator; train_init/model_final.pth (+ model_best.pth)"),
+            EvalStage("eval_init", _eval_init, reads=("train_init",), config=RUN_EVAL + ("method.init.model",),
+                      doc="the initial generator (model_best.pth, else model_final.pth) on data.val_list; "
+                          "metrics.json, report.md, predictions/"),
             PerImageStage("estimate_masks", lambda ctx: ctx.train_ids(), _setup_estimate, estimate_mask_image,
                           reads=("train_init",), config=DATA_TAGS + ("method.estimate", "eval.amp"),
                           doc="<id>.png: palette PNG of class ids (argmax of the tag-masked summed probabilities)"),
@@ -292,6 +297,16 @@ def _selection_set(ctx: StageContext, s: InitSection):
     else:
         list_file = s.best.split
     return ctx.dataset(list_file, with_label=True, transform=build_eval_transforms(mean=d.mean, std=d.std))
+
+
+def _eval_init(ctx: StageContext) -> dict:
+    from weakseg.data.transforms import build_eval_transforms
+
+    net = InitGenerator(ctx.cfg.method, _no_weights(ctx.cfg.method.init.model), ctx.meta.num_classes)
+    ctx.load_weights(net, ctx.checkpoint("train_init"))
+    d = ctx.cfg.data
+    dataset = ctx.dataset(split="val", with_label=True, transform=build_eval_transforms(mean=d.mean, std=d.std))
+    return ctx.evaluate(net, dataset, ctx.dir("eval_init"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

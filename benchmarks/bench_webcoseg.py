@@ -1,0 +1,280 @@
+"""Benchmark 2 of WebCoseg (methods.md §5): the whole pipeline on the synthetic web variant and on the horses, next to
+BES / SBE on the same tags and to full supervision with the same final network and budget.
+
+Per WebCoseg row (everything through ``weakseg run``, i.e. :func:`weakseg.engine.pipeline.run_pipeline`):
+
+* co-segmentation Jaccard: the ``cosegment`` masks against the web images' own masks (read for scoring only):
+  J = foreground IoU averaged over images (Rubinstein et al. 2013) on the pixels the mask decides (its 255 band of
+  unsure pixels, which the initial generator ignores too, is left out of both sides); ``unsure`` = the band's share;
+* initial-generator mIoU on val (stage ``eval_init``: the snapshot chosen on held-out training images);
+* estimated-mask mIoU on the training split (``eval_estimated_masks``);
+* final mIoU on val (``evaluate``).
+
+Datasets and reference rows:
+
+    synth  target: the synthetic benchmark as benchmarks/bench_sbe_synth.py builds it (500 images of 128², seed 0,
+           400 train / 100 val, 8 classes); web set: ``weakseg data synth --variant web`` (700 images, 100 per
+           class, ~10 % off-topic, seed 0). The final network and budget (DeepLab-v2 on MobileNetV2 OS16, the base
+           recipe, 300 iterations, batch 16) are those of bench_sbe_synth.py, whose BES / SBE / full-supervision
+           rows are read from benchmarks/results/sbe_synth.json (same data, network, recipe and budget; not re-run:
+           about 26 min on 2 cores).
+    horse  target: the 200 Weizmann horse training photos tagged "horse", val = the 60 val photos; web set: the
+           same 200 training photos copied into <work>/horse-web/horse/ (their masks are never read). Network and
+           budget of the BLPSeg ablation's horse rows (MobileNetV2 + PPM/UPerNet OS32, 192² crops, batch 8,
+           150 iterations); full supervision is trained here with exactly those settings, and BES runs with its
+           synthetic CPU preset moved onto the horses with the same final network and budget.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_webcoseg.py                           # both datasets, all rows
+    OMP_NUM_THREADS=1 python benchmarks/bench_webcoseg.py --datasets horse --rows webcoseg full
+
+Results are merged into benchmarks/results/webcoseg.json after every row (a stopped run keeps what it measured;
+finished stages are reused on a re-run), the table goes to webcoseg.md and into README.md between
+``<!-- webcoseg-table -->`` and ``<!-- /webcoseg-table -->`` (default ``--out`` only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from weakseg.data.web import read_web_list  # noqa: E402
+from weakseg.engine.config import load_config  # noqa: E402
+from weakseg.engine.pipeline import run_pipeline  # noqa: E402
+from weakseg.engine.trainer import train  # noqa: E402
+from weakseg.utils.io import read_label, write_json_atomic, write_text_atomic  # noqa: E402
+
+HORSES = ROOT.parent / "shared" / "data" / "weizmann-horse"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "webcoseg"
+PRESETS = {
+    "synth": ROOT / "configs/webcoseg/webcoseg_mnv2-os16_b16-synth-128.yaml",
+    "horse": ROOT / "configs/webcoseg/webcoseg_mnv2-os32-uper_b8-horse-192.yaml",
+}
+FULL_HORSE = ROOT / "configs/full/full_mnv2-os32-uper_b8-800i_horse-192.yaml"
+BES_SYNTH = ROOT / "configs/bes/bes_mnv2-os16_b16-8e_synth-128.yaml"
+SYNTH = {"num_images": 500, "size": 128, "seed": 0}  # bench_sbe_synth.py's reduced run (its sbe_synth.json rows)
+SYNTH_WEB = {"num_images": 700, "size": 128, "seed": 0}
+ITERS = {"synth": 300, "horse": 150}  # final-model iterations of the reference rows
+
+# The BES synthetic CPU preset moved onto the horses: the horse data, and the final network / recipe / budget of the
+# horse rows (configs/_base_/horse-192_mnv2-os32-uper.yaml as the full preset sets it). CAM / boundary crops follow
+# the 192² training crops; the CAM thresholds go back to the reference's (objects are large, as on VOC).
+BES_HORSE = [
+    f"data.root={HORSES}", "data.image_ext=.jpg", "data.tags_source=label", "data.crop_size=192",
+    "data.scale_range=[0.75, 1.25]", "model.output_stride=32", "model.head=uper",
+    "model.head_kwargs={channels: 128, pool_scales: [1, 2, 3, 6], dropout: 0.1}", "optim.lr=5.0e-4",
+    "schedule.warmup_iters=50", "engine.batch_size=8", "engine.ckpt_interval=50",
+    "method.cam.resize_long=[160, 256]", "method.cam.crop_size=192", "method.cam.eval_thres=0.15",
+    "method.labels.conf_fg_thres=0.30", "method.labels.conf_bg_thres=0.07", "method.boundary.crop_size=192",
+    "method.walk.bg_thres=0.25",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def prepare(dataset: str, work: Path) -> tuple[Path, Path, callable]:
+    """(target data.root, web root, gt(web item) -> H×W bool foreground mask for scoring), generating what is
+    missing."""
+    if dataset == "synth":
+        from weakseg.data.synth import generate_synth
+        from weakseg.data.synth_web import generate_synth_web
+
+        root, web = work / "synth", work / "synth-web"
+        if not (root / "ImageSets/Segmentation/val.txt").exists():
+            generate_synth(root, **SYNTH)
+        if not (web / "README.txt").exists():
+            generate_synth_web(web, **SYNTH_WEB)
+        return root, web / "web", lambda item: read_label(web / "masks" / f"{item.id}.png") == item.class_id
+    if not HORSES.is_dir():
+        raise SystemExit(f"{HORSES}: Weizmann horses not found")
+    web = work / "horse-web"
+    (web / "horse").mkdir(parents=True, exist_ok=True)
+    for sid in (HORSES / "ImageSets/Segmentation/train.txt").read_text().split():
+        target = web / "horse" / f"{sid}.jpg"
+        if not target.exists():  # copies, not links: the indexer refuses links leaving the web root
+            shutil.copyfile(HORSES / "JPEGImages" / f"{sid}.jpg", target)
+    return HORSES, web, lambda item: read_label(HORSES / "SegmentationClass" / f"{Path(item.id).name}.png") == 1
+
+
+def coseg_jaccard(run_dir: Path, web_root: Path, gt, num_classes: int) -> dict:
+    """J and P (in %) of the cosegment masks over the web images, 255 band excluded; per class J."""
+    items = read_web_list(run_dir / "index_web/web_train_list.txt", web_root, num_classes)
+    js, ps, unsure, per_class = [], [], [], {}
+    for item in items:
+        mask = read_label(run_dir / "cosegment/masks" / f"{item.id}.png")
+        truth = gt(item)
+        decided = mask != 255
+        pred, ref = (mask == item.class_id) & decided, truth & decided
+        union = (pred | ref).sum()
+        j = float((pred & ref).sum() / union) if union else 1.0
+        js.append(j)
+        ps.append(float((pred == ref)[decided].mean()) if decided.any() else 1.0)
+        unsure.append(float(1 - decided.mean()))
+        per_class.setdefault(item.class_id, []).append(j)
+    return {"J": 100 * float(np.mean(js)), "P": 100 * float(np.mean(ps)), "unsure": 100 * float(np.mean(unsure)),
+            "images": len(items), "per_class_J": {str(c): 100 * float(np.mean(v)) for c, v in per_class.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rows
+
+
+def metric(run_dir: Path, stage: str) -> float | None:
+    path = run_dir / stage / "metrics.json"
+    return json.loads(path.read_text())["miou"] if path.exists() else None
+
+
+def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
+    root, web, gt = prepare(dataset, work)
+    run_dir = work / f"{dataset}-webcoseg" + (f"-seed{seed}" if seed else "")
+    sets = [f"data.root={root.resolve()}", f"method.web.root={web.resolve()}", f"engine.work_dir={run_dir}",
+            f"engine.seed={seed}", f"schedule.iters={ITERS[dataset]}", *extra]
+    cfg = load_config(PRESETS[dataset], sets)
+    t0 = time.time()
+    summary = run_pipeline(cfg)
+    seconds = {name: round(float(s.get("seconds", 0.0)), 1) for name, s in summary.items() if isinstance(s, dict)}
+    coseg = coseg_jaccard(run_dir, web, gt, len(json.loads((run_dir / "evaluate/metrics.json").read_text())["iou"]))
+    return {"coseg": coseg, "init_val": metric(run_dir, "eval_init"),
+            "estimated_train": metric(run_dir, "eval_estimated_masks"), "final_val": metric(run_dir, "evaluate"),
+            "stage_seconds": seconds, "minutes": (time.time() - t0) / 60, "overrides": sets}
+
+
+def run_full_horse(work: Path, seed: int) -> dict:
+    run_dir = work / "horse-full" + (f"-seed{seed}" if seed else "")
+    sets = [f"data.root={HORSES}", f"engine.work_dir={run_dir}", f"engine.seed={seed}",
+            f"schedule.iters={ITERS['horse']}", "data.tags_source=label"]
+    t0 = time.time()
+    res = train(load_config(FULL_HORSE, sets), resume=True)
+    return {"final_val": res["metrics"]["miou"], "minutes": (time.time() - t0) / 60, "overrides": sets}
+
+
+def run_bes_horse(work: Path, seed: int) -> dict:
+    run_dir = work / "horse-bes" + (f"-seed{seed}" if seed else "")
+    sets = [*BES_HORSE, f"engine.work_dir={run_dir}", f"engine.seed={seed}", f"schedule.iters={ITERS['horse']}"]
+    t0 = time.time()
+    run_pipeline(load_config(BES_SYNTH, sets))
+    return {"cam_train": metric(run_dir, "eval_cam"), "estimated_train": metric(run_dir, "eval_pseudo_masks"),
+            "final_val": metric(run_dir, "evaluate"), "minutes": (time.time() - t0) / 60, "overrides": sets}
+
+
+def synth_reference_rows() -> dict:
+    """BES / SBE / full supervision on the same synthetic data, network and budget, from sbe_synth.json."""
+    path = ROOT / "benchmarks/results/sbe_synth.json"
+    if not path.exists():
+        return {}
+    ref = json.loads(path.read_text())
+    data = ref.get("dataset", {})
+    if (data.get("num_images"), data.get("size"), data.get("seed")) != (SYNTH["num_images"], SYNTH["size"],
+                                                                          SYNTH["seed"]):
+        print(f"{path}: another synthetic dataset ({data}); its rows are not comparable and are left out")
+        return {}
+    names = {"bes": "BES", "sbe": "SBE (oracle-ish saliency)", "full": "full supervision"}
+    rows = {}
+    for key, scores in ref.get("miou", {}).items():
+        seconds = ref.get("seconds", {}).get(key, {}).get("total")
+        rows[names.get(key, key)] = {"cam_train": scores.get("cam"), "estimated_train": scores.get("pseudo"),
+                                     "final_val": scores.get("final"), "command": ref.get("command"),
+                                     "minutes": seconds / 60 if seconds else None}
+    return {"source": str(path.relative_to(ROOT)), "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# table
+
+
+def pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| dataset | method | co-seg J (web) | initial generator (val) | estimated masks (train) | final (val) | "
+             "final / full | minutes |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results["rows"].values():
+        full = results["rows"].get(f"{r['dataset']}/full supervision", {}).get("final_val")
+        ratio = f"{r['final_val'] / full:.2f}" if full and r.get("final_val") is not None else "–"
+        coseg = f"{r['coseg']['J']:.1f}" if "coseg" in r else "–"
+        est = pct(r.get("estimated_train"))
+        if r.get("cam_train") is not None:
+            est += f" (CAM {pct(r['cam_train'])})"
+        minutes = f"{r['minutes']:.1f}" if r.get("minutes") is not None else "–"
+        lines.append(f"| {r['dataset']} | {r['method']} | {coseg} | {pct(r.get('init_val'))} | {est} | "
+                     f"{pct(r.get('final_val'))} | {ratio} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme_table(readme: Path, table: str) -> None:
+    start, end = "<!-- webcoseg-table -->\n", "<!-- /webcoseg-table -->"
+    text = readme.read_text(encoding="utf-8")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["synth", "horse"], choices=["synth", "horse"])
+    ap.add_argument("--rows", nargs="+", default=["webcoseg", "full", "bes"], choices=["webcoseg", "full", "bes"],
+                    help="horse rows to run (synth: webcoseg; its BES / SBE / full rows come from sbe_synth.json)")
+    ap.add_argument("--seed", type=int, default=0, help="engine.seed of every run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override of the WebCoseg runs (e.g. method.init.schedule.iters=300)")
+    ap.add_argument("--work", default="work_dirs/bench_webcoseg", help="work folder")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="results path without suffix (README updated only for "
+                                                           "the default)")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    work, out = Path(args.work), Path(args.out)
+    results = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    results.setdefault("rows", {})
+
+    def save(key: str, row: dict) -> None:
+        results["rows"][key] = row
+        results["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                  "cpus": os.cpu_count(), "python": platform.python_version(),
+                                  "load_average": os.getloadavg()[0], "seed": args.seed}
+        write_json_atomic(out.with_suffix(".json"), results)  # after every row: a long sweep can be stopped
+        print(f"{key}: " + json.dumps({k: v for k, v in row.items() if k not in ("overrides", "stage_seconds")}),
+              flush=True)
+
+    for dataset in args.datasets:
+        if "webcoseg" in args.rows:
+            save(f"{dataset}/WebCoseg", {"dataset": dataset, "method": "WebCoseg", "seed": args.seed,
+                                         **run_webcoseg(dataset, work, args.seed, args.set)})
+        if dataset == "synth":
+            ref = synth_reference_rows()
+            for name, row in ref.get("rows", {}).items():
+                save(f"synth/{name}", {"dataset": "synth", "method": name, "source": ref["source"], **row})
+            continue
+        if "full" in args.rows:
+            save("horse/full supervision", {"dataset": "horse", "method": "full supervision", "seed": args.seed,
+                                            **run_full_horse(work, args.seed)})
+        if "bes" in args.rows:
+            save("horse/BES", {"dataset": "horse", "method": "BES", "seed": args.seed,
+                               **run_bes_horse(work, args.seed)})
+    order = [f"{d}/{m}" for d in ("synth", "horse")
+             for m in ("WebCoseg", "BES", "SBE", "SBE (oracle-ish saliency)", "full supervision")]
+    results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: order.index(kv[0])
+                                  if kv[0] in order else len(order)))
+    write_json_atomic(out.with_suffix(".json"), results)
+    table = markdown_table(results)
+    write_text_atomic(out.with_suffix(".md"), table)
+    if out.resolve() == DEFAULT_OUT.resolve():
+        update_readme_table(ROOT / "README.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
