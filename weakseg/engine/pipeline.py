@@ -322,6 +322,10 @@ def _run_per_image(stage: PerImageStage, ctx: StageContext, sdir: Path) -> dict:
     log.info("stage %s: %d items (%d on this rank, %d left, %d process%s)", stage.name, len(items), len(mine),
              len(todo), workers, "es" if workers > 1 else "")
     sdir.mkdir(parents=True, exist_ok=True)
+    if wdist.is_main():  # temporaries of an item a killed run was writing (its output was never renamed into place)
+        for tmp in sdir.rglob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+    wdist.barrier()
     if todo:
         bar = progress(total=len(todo), desc=stage.name)
         if workers == 1:
