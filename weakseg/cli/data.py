@@ -9,6 +9,8 @@ Sub-commands (each prints a one-line summary: counts, skipped files, output path
 * ``synth``: the synthetic scribble benchmark.
 * ``image-labels``: image-level labels ``{id: [class ids]}`` from XML, dense masks or scribbles.
 * ``saliency``: U²-Net-p saliency maps (8-bit PNGs) for SBE, resumable.
+* ``web``: index a web image set (class folders or the reference's flat ``<class>_<n>`` names) into a list.
+* ``coseg``: co-segment an indexed web set class by class (WebCoseg's masks), resumable per class.
 * ``coco``: MS COCO instance JSON → 81-class label PNGs (255 = crowd), train/val id lists and image-level tags.
 * ``import-scribbles``: strokes and points of a CVAT XML / Label Studio JSON export → a ``weakseg annotate`` folder.
 """
@@ -88,6 +90,80 @@ def cmd_synth(args: argparse.Namespace) -> int:
                           val_fraction=args.val_fraction)
     print(f"synth: {info['num_train']} train + {info['num_val']} val images of {args.size}x{args.size} "
           f"(seed {args.seed}) in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _classes_meta(classes: str | None):
+    """DatasetMeta of ``--classes``: a classes.txt file or a dataset root holding one; the VOC classes when None."""
+    from weakseg.data.dataset import meta_from_root
+    from weakseg.data.meta import VOC_META
+
+    if classes is None:
+        return VOC_META
+    path = Path(classes)
+    root = path if path.is_dir() else path.parent
+    if not (root / "classes.txt").is_file() or (not path.is_dir() and path.name != "classes.txt"):
+        raise DataError(f"{path}: expected a classes.txt file or a folder holding one")
+    return meta_from_root(root)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from weakseg.data.web import index_web_images
+
+    meta = _classes_meta(args.classes)
+    summary = index_web_images(args.root, meta, layout=args.layout, image_dir=args.image_dir,
+                               min_side=args.min_side, out=args.out)
+    _print_problems(summary.problems)
+    out = Path(args.out) if Path(args.out).is_absolute() else Path(args.root) / args.out
+    skipped = ", ".join(f"{n} {kind}" for kind, n in summary.skipped.items() if n) or "none"
+    print(f"web: {len(summary.items)} images of {len(summary.per_class)} classes ({summary.layout} layout), "
+          f"skipped: {skipped} -> {out}")
+    return 0
+
+
+def cmd_coseg(args: argparse.Namespace) -> int:
+    import time
+
+    import yaml
+
+    from weakseg.data.web import group_by_class, read_web_list, web_mask_path
+    from weakseg.modules.coseg import CosegModels, config_from_dict, cosegment_class
+    from weakseg.utils.io import save_label_png
+
+    meta = _classes_meta(args.classes)
+    list_path = Path(args.list) if Path(args.list).is_absolute() else Path(args.root) / args.list
+    items = read_web_list(list_path, args.root, meta.num_classes)
+    overrides = {}
+    for kv in args.set or []:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise DataError(f"--set expects key=value, got {kv!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        cfg = config_from_dict(overrides)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"--set: {exc}") from exc
+    groups = group_by_class(items)
+    if args.only:
+        wanted = {meta.classes.index(n) if n in meta.classes else -1 for n in args.only}
+        if -1 in wanted:
+            raise DataError(f"--only: unknown class names {[n for n in args.only if n not in meta.classes]}")
+        groups = {c: g for c, g in groups.items() if c in wanted}
+    models = None
+    written = 0
+    for class_id, group in groups.items():
+        todo = [it for it in group if not web_mask_path(args.out, it).exists()]
+        if not todo:  # resume: this class is complete
+            continue
+        models = models or CosegModels(cfg, device=args.device)
+        t0 = time.perf_counter()
+        result = cosegment_class([it.path for it in group], class_id, cfg, models=models, seed=args.seed)
+        for item, mask in zip(group, result.masks):
+            save_label_png(web_mask_path(args.out, item), mask, meta.palette)
+        written += len(group)
+        print(f"coseg: {meta.classes[class_id]}: {len(group)} images, k={result.num_clusters}, "
+              f"{int(result.outliers.sum())} outliers, {(time.perf_counter() - t0) / len(group):.2f} s/image")
+    print(f"coseg: {written} masks written for {len(groups)} classes (seed {args.seed}) -> {args.out}")
     return 0
 
 
@@ -212,6 +288,26 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("web", help="index a web image set (class folders or flat <class>_<n> names) into a list")
+    p.add_argument("--root", required=True, help="web root")
+    p.add_argument("--classes", default=None, help="classes.txt of the target dataset (default: the VOC classes)")
+    p.add_argument("--layout", choices=("auto", "folders", "flat"), default="auto")
+    p.add_argument("--image-dir", default="web_images", help="image folder of the flat layout (relative to --root)")
+    p.add_argument("--min-side", type=int, default=32, help="images with a shorter side are skipped as tiny")
+    p.add_argument("--out", default="web_train_list.txt", help="list file (relative to --root or absolute)")
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("coseg", help="co-segment an indexed web set, class by class, into <out>/<id>.png masks")
+    p.add_argument("--root", required=True, help="web root")
+    p.add_argument("--list", default="web_train_list.txt", help="web list (relative to --root or absolute)")
+    p.add_argument("--out", required=True, help="mask folder (classes whose masks all exist are skipped)")
+    p.add_argument("--classes", default=None, help="classes.txt of the target dataset (default: the VOC classes)")
+    p.add_argument("--only", nargs="+", default=None, metavar="CLASS", help="co-segment only these class names")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="CosegConfig field (YAML value), repeatable")
+    p.add_argument("--device", default="cpu", help="torch device of the feature CNN")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_coseg)
 
     p = sub.add_parser("image-labels", help="image-level labels {id: [class ids]} as JSON")
     p.add_argument("--root", required=True, help="dataset root (classes.txt there sets the classes; VOC otherwise)")
