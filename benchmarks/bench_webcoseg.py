@@ -139,9 +139,11 @@ def metric(run_dir: Path, stage: str) -> float | None:
 
 def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
     root, web, gt = prepare(dataset, work)
-    run_dir = work / f"{dataset}-webcoseg" + (f"-seed{seed}" if seed else "")
-    sets = [f"data.root={root.resolve()}", f"method.web.root={web.resolve()}", f"engine.work_dir={run_dir}",
-            f"engine.seed={seed}", f"schedule.iters={ITERS[dataset]}", *extra]
+    run_dir = work / (f"{dataset}-webcoseg" + (f"-seed{seed}" if seed else ""))
+    sets = [f"method.web.root={web.resolve()}", f"engine.work_dir={run_dir}", f"engine.seed={seed}",
+            f"schedule.iters={ITERS[dataset]}", *extra]
+    if dataset == "synth":  # the horse preset's data.root is the shared dataset already
+        sets.insert(0, f"data.root={root.resolve()}")
     cfg = load_config(PRESETS[dataset], sets)
     t0 = time.time()
     summary = run_pipeline(cfg)
@@ -153,7 +155,7 @@ def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
 
 
 def run_full_horse(work: Path, seed: int) -> dict:
-    run_dir = work / "horse-full" + (f"-seed{seed}" if seed else "")
+    run_dir = work / ("horse-full" + (f"-seed{seed}" if seed else ""))
     sets = [f"data.root={HORSES}", f"engine.work_dir={run_dir}", f"engine.seed={seed}",
             f"schedule.iters={ITERS['horse']}", "data.tags_source=label"]
     t0 = time.time()
@@ -162,7 +164,7 @@ def run_full_horse(work: Path, seed: int) -> dict:
 
 
 def run_bes_horse(work: Path, seed: int) -> dict:
-    run_dir = work / "horse-bes" + (f"-seed{seed}" if seed else "")
+    run_dir = work / ("horse-bes" + (f"-seed{seed}" if seed else ""))
     sets = [*BES_HORSE, f"engine.work_dir={run_dir}", f"engine.seed={seed}", f"schedule.iters={ITERS['horse']}"]
     t0 = time.time()
     run_pipeline(load_config(BES_SYNTH, sets))

@@ -72,11 +72,21 @@ def test_webcoseg_end_to_end(data, tmp_path):
 
 
 def test_ready_made_masks_replace_the_cosegmentation(data, tmp_path):
+    import shutil
+
+    masks = tmp_path / "masks"
+    shutil.copytree(data / "web" / "masks", masks)
+    missing = sorted(masks.glob("*/*.png"))[0]
+    missing.unlink()  # a downloaded mask set with a hole and a bad file: both skipped and listed, training runs
+    bad = sorted(masks.glob("*/*.png"))[-1]
+    bad.write_bytes(b"not a png")
     work = tmp_path / "work"
-    cfg = load_config(PRESET, overrides(data, work, [f"method.web.mask_dir={data / 'web' / 'masks'}"]))
+    cfg = load_config(PRESET, overrides(data, work, [f"method.web.mask_dir={masks}"]))
     summary = run_pipeline(cfg, only=["index_web", "train_init"])
     assert list(summary) == ["index_web", "train_init"]
     assert not (work / "cosegment").exists()
+    skipped = (work / "train_init/skipped_masks.txt").read_text().splitlines()
+    assert len(skipped) == 2 and str(missing) in skipped[0] + skipped[1] and str(bad) in skipped[0] + skipped[1]
     from weakseg.methods import METHODS
 
     assert "cosegment" not in [s.name for s in METHODS["webcoseg"].stages(cfg)]

@@ -23,6 +23,7 @@ The pipeline (``weakseg run configs/webcoseg/*.yaml``):
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from weakseg.data import keys as K
 from weakseg.data.transforms import Compose, Normalize, RandomCrop, RandomHFlip, RandomScale, ToTensor
-from weakseg.data.web import DEFAULT_LIST, group_by_class, index_web_images, read_web_list
+from weakseg.data.web import DEFAULT_LIST, check_web_masks, group_by_class, index_web_images, read_web_list
 from weakseg.data.web_dataset import WebSegDataset
 from weakseg.engine.config import ModelConfig, OptimConfig, ScheduleConfig
 from weakseg.losses.partial_ce import PartialCrossEntropy
@@ -44,7 +45,10 @@ from weakseg.models.webcoseg_net import WebCosegNet
 from weakseg.modules.coseg import CosegConfig, CosegModels, cosegment_class
 from weakseg.modules.crf import CRF_PRESETS, crf_label
 from weakseg.modules.inference import infer_probs
+from weakseg.utils import dist as wdist
 from weakseg.utils.io import DataError, save_label_png, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("weakseg")
 
 # ----------------------------------------------------------------------------------------------------------------
 # configuration
@@ -271,8 +275,18 @@ def _build_train_init(ctx: StageContext) -> TrainJob:
     mask_dir = _mask_dir(ctx)
     if not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: web mask folder not found")
-    dataset = WebSegDataset(_web_items(ctx), mask_dir, ctx.meta, flat=ctx.cfg.method.web.flat_masks,
-                            transform=transform)
+    items = _web_items(ctx)
+    if ctx.cfg.method.web.mask_dir is not None:
+        # ready-made masks (e.g. the reference's 52k downloaded web_labels/) are checked once here, so that one
+        # missing or malformed file is skipped and listed instead of stopping the training thousands of steps in
+        items, problems = check_web_masks(mask_dir, items, flat=ctx.cfg.method.web.flat_masks)
+        skipped = ctx.dir("train_init") / "skipped_masks.txt"
+        if problems and wdist.is_main():
+            write_text_atomic(skipped, "\n".join(problems) + "\n")
+            log.warning("train_init: %d web images skipped for their masks (listed in %s)", len(problems), skipped)
+        if not items:
+            raise DataError(f"{mask_dir}: no usable web mask (problems listed in {skipped})")
+    dataset = WebSegDataset(items, mask_dir, ctx.meta, flat=ctx.cfg.method.web.flat_masks, transform=transform)
     holdout = None
     if s.best.interval > 0:
         holdout = _selection_set(ctx, s)
