@@ -121,3 +121,33 @@ def test_bad_inputs_are_refused(scenes):
         cosegment_class([], 1, cfg, models=models)
     with pytest.raises(ValueError, match="uint8"):
         cosegment_class([np.zeros((8, 8), np.float32)], 1, cfg, models=models)
+
+
+def test_cli_coseg_writes_masks_and_resumes(tmp_path, capsys, one_thread):
+    pytest.importorskip("onnxruntime")
+    from weakseg.cli import main
+    from weakseg.data.saliency import find_u2netp
+    from weakseg.utils.io import read_label, save_image
+
+    try:
+        find_u2netp()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    rng = np.random.default_rng(0)
+    root = tmp_path / "web"
+    for i in range(4):
+        save_image(root / "horse" / f"{i}.png", _scene(rng)[0])
+    (tmp_path / "classes.txt").write_text("background\ndog\nhorse\n")
+    assert main(["data", "web", "--root", str(root), "--classes", str(tmp_path / "classes.txt")]) == 0
+    args = ["data", "coseg", "--root", str(root), "--classes", str(tmp_path / "classes.txt"), "--out",
+            str(tmp_path / "masks"), "--set", "feature_size=128", "--set", "crf_iterations=1"]
+    assert main(args) == 0
+    masks = sorted((tmp_path / "masks" / "horse").glob("*.png"))
+    assert [p.stem for p in masks] == ["0", "1", "2", "3"]
+    for p in masks:
+        mask = read_label(p)
+        assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 2, 255}
+    assert "4 masks written" in capsys.readouterr().out
+    assert main(args) == 0  # resume: the class is complete, nothing is recomputed
+    assert "0 masks written" in capsys.readouterr().out
+    assert main(args[:-2] + ["--set", "no_such_key=1"]) == 2
