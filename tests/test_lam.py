@@ -183,3 +183,46 @@ def test_saved_logits_give_the_recomputed_gradients_bit_for_bit(chunk_elements):
         results.append((out, s.grad, f.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_halo_clamped_into_small_grid_matches_dense():
+    # grid smaller than tile + 2·radius along both axes (halo = whole grid) and larger along one only; every tile
+    # position of the 9×23 grid at tile 4 sees a halo moved inside the grid near the borders
+    for h, w, radius, tile in [(6, 7, 8, 16), (9, 23, 3, 4), (17, 5, 2, 4)]:
+        seg, feat = _inputs(2, 3, 4, h, w, scale=0.9)
+        out = LAM(sigma=2.0, radius=radius, tile=tile)(seg, feat)
+        ref = lam_dense(seg.double(), feat.double(), 2.0, radius, eps=0.0)
+        assert (out.double() - ref).abs().max() < 1e-5, (h, w, radius, tile)
+
+
+class _Pair(torch.nn.Module):
+    def __init__(self, lam):
+        super().__init__()
+        self.lam = lam
+
+    def forward(self, seg, feat):
+        return self.lam(seg, feat)
+
+
+def test_onnx_export_is_dynamic_and_matches(tmp_path):
+    """The traced graph follows the input size: traced on a 16×16 grid (radius 24 > grid), run on grids where the
+    window, the halo clamp, the tile count and the padding all differ, and on a batch of 2."""
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    module = _Pair(LAM(sigma=6.0, chunk_elements=1 << 16)).eval()  # several chunks in PyTorch at the larger sizes
+    seg, feat = _inputs(1, 3, 8, 16, 16)
+    axes = {name: {0: "n", 2: "h", 3: "w"} for name in ("seg", "feat", "out")}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks
+        torch.onnx.export(module, (seg, feat), str(tmp_path / "lam.onnx"), input_names=["seg", "feat"],
+                          output_names=["out"], opset_version=17, dynamic_axes=axes, dynamo=False)
+    session = ort.InferenceSession(str(tmp_path / "lam.onnx"), providers=["CPUExecutionProvider"])
+    assert {i.name for i in session.get_inputs()} == {"seg", "feat"}  # the features reach the graph
+    for n, h, w in [(1, 16, 16), (2, 12, 20), (1, 40, 9), (1, 53, 61)]:
+        seg, feat = _inputs(n, 3, 8, h, w, seed=h)
+        with torch.no_grad():
+            ref = module(seg, feat)
+        (out,) = session.run(["out"], {"seg": seg.numpy(), "feat": feat.numpy()})
+        assert out.shape == ref.shape and abs(out - ref.numpy()).max() < 1e-4, (n, h, w)
+        assert (ref - seg).abs().max() > 0.1  # LAM does something at this size

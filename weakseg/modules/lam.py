@@ -20,23 +20,34 @@ the spec: a source at distance d has weight ≤ exp(Δz_feat − d²/(2σ²)), s
 of far-away features exceed the near ones by ≳ 8 (the Gaussian term at one axis-aligned radius).
 
 Implementation (blocked local attention, flash-attention style):
-    * Targets are cut into tiles of ``tile``×``tile`` positions; each tile attends to its halo of
-      (tile + 2·radius)² source positions with one batched matmul; a fixed per-call bias matrix holds the
-      Gaussian term and masks offsets outside the window; sources outside the grid are masked inside the same
-      matmul by one extra feature channel (1 on targets; 0 / −1e30 on sources inside / outside the grid).
-      Exponentials are clamped at e^-80 and flushed to 0 (CPU exp() of underflowing arguments is ~30× slower).
+    * Targets are cut into tiles of ty×tx positions (ty = min(tile, h), tx = min(tile, w); the last tiles are
+      completed with zero padding, cropped away). Each tile attends to its halo: ky×kx source positions with
+      ky = min(ty + 2·radius, h), kx = min(tx + 2·radius, w), *clamped into the grid* (a tile near a border takes
+      the ky rows nearest to it, not rows outside the image). The halo always holds the whole window of every target
+      of the tile, and every source is a real grid position, so no source needs masking for being out of the grid,
+      and a grid smaller than the window costs no more than the dense form (a 16² grid at radius 8: 256 sources per
+      tile, not 32² = 1024 with zero-padded halos).
+    * One batched matmul per chunk of tiles gives the B×(ty·tx)×(ky·kx) logits, added onto a per-tile bias: the
+      Gaussian term −Δ²/(2σ²) per axis (separable, from two small per-tile-row / per-tile-column tables), _NEG outside
+      the square window. The target-side weights are a fused ``softmax``.
       Tiles are processed in chunks of at most ``chunk_elements`` logits, so the workspace is constant and the
-      total work grows with positions × window, never positions² (tile 16, radius 24: 1.7× the window's work,
-      spent in BLAS instead of ~2401 per-offset elementwise passes; tiles 8/12/16 measured within noise).
+      total work grows with positions × window, never positions² (beyond the window's own size).
     * A custom ``torch.autograd.Function`` stores S, F, the output Ŝ and the log-sum-exp per target, and the
-      logits themselves when all of them fit ``save_elements`` (then the backward skips their matmul, one of its
-      three big ones; otherwise it recomputes them per chunk, the same values bit for bit). Because the window and
-      the Gaussian are symmetric, every gradient is a *gather* over the halo (no scatter-add): for a tile of
-      positions t and its halo h,
-      dF_t = Σ_h dz[t, h] F_h (t as target) + Σ_h dz[h, t] F_h (t as source), dS_t = Σ_h W[t, h] dŜ_h.
+      logits themselves when all of them fit ``save_elements`` (then the backward skips their matmul; otherwise it
+      recomputes them per chunk, the same values bit for bit). Because the window and the Gaussian are symmetric,
+      every gradient is a *gather* over the halo (no scatter-add): for a tile of positions t and its halo h,
+      dF_t = Σ_h dz[t, h] F_h (t as target) + Σ_h dz[h, t] F_h (t as source), dS_t = Σ_h W[t, h] dŜ_h; the
+      rank-(C+1) factors dŜ_h·S_t − δ_h and dŜ_t·S_h − δ_t come from one small matmul each.
     * Dot products and exponentials run in float32 (float64 inputs stay float64), with max subtraction, also
       under fp16/bf16 autocast (the reference's raw exp(F·F) overflows fp16). The output is cast back to the
       dtype of ``seg``; it is a convex combination of ``seg`` values, so it cannot overflow that dtype.
+    * ONNX: the graph is traced (``weakseg export``) with dynamic batch and image size. Every size below is derived
+      from the input's traced shape with tensor operations (``min(tile, h)`` is the length of ``arange(h)[:tile]``,
+      tile starts and halo offsets are ``arange`` results), and the result of each chunk is a new tensor, never a
+      slice assignment into a preallocated buffer (which the tracer drops: the previous version exported a graph
+      whose LAM output was a constant). The one thing a trace cannot follow is a Python loop over chunks; an input
+      small enough for one chunk (any export sample below ``chunk_elements`` logits, e.g. the default 96×128 image)
+      traces the one-chunk path, so the exported graph computes all tiles of any input in one batch.
 
 Nothing depends on the input size: the module has no parameters or buffers (empty ``state_dict``).
 """
@@ -44,7 +55,6 @@ Nothing depends on the input size: the module has no parameters or buffers (empt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,18 +62,18 @@ from torch import Tensor, nn
 
 __all__ = ["LAM", "lam_dense", "lam_windowed"]
 
-# Logit given to masked (out-of-window / out-of-grid) pairs: finite, so that a fully masked row (only possible
-# for the zero-padded targets that complete the last tile, which are cropped away) gives no NaN, and so that
-# 0·_NEG = 0 in the backward matmuls.
+# Logit bias of out-of-window pairs: finite, so that a fully masked row (only possible for the zero-padded targets
+# that complete the last tile, which are cropped away) gives no NaN, and so that 0·_NEG = 0 in the backward matmuls.
 _NEG = -1.0e30
 # exp() of arguments that underflow takes a slow path on CPU (25–40× slower per element); arguments are clamped
 # to _EXP_FLOOR and the results ≤ _EXP_CUT (> exp(_EXP_FLOOR)) set to exactly 0. Values dropped this way are
 # < 2e-35 relative to the largest weight of their column, i.e. what float32 underflow would do anyway.
+# (``torch.softmax`` has no such slow path: measured 0.35 ms vs 3.0 ms for exp_ on 256×2304 half-masked logits.)
 _EXP_FLOOR = -80.0
 _EXP_CUT = 2.0e-35
 # Default budget of logits the forward keeps for the backward (2^26 float32 = 256 MiB): BLPSeg's CPU horse network
-# (8 × 48² grid, σ = 4) needs 42.5 M and saves its backward one logits matmul of three; the paper's 10 × 96² grid
-# at σ = 6 (377 M) recomputes them.
+# (8 × 48² grid, σ = 4: halo = whole 48² grid at tile 16) needs 42.5 M and saves its backward one logits matmul of
+# two; the paper's 10 × 96² grid at σ = 6 (377 M) recomputes them.
 SAVE_ELEMENTS = 1 << 26
 
 
@@ -72,89 +82,88 @@ def _exp_(x: Tensor) -> Tensor:
     return F.threshold_(x.clamp_(min=_EXP_FLOOR).exp_(), _EXP_CUT, 0.0)
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    h: int
-    w: int
-    ry: int  # effective radius along rows: min(radius, h − 1) (larger offsets never hit the grid)
-    rx: int
-    ty: int  # tile size (targets) along rows
-    tx: int
-    nty: int  # number of tiles along rows
-    ntx: int
+class _Axis:
+    """Tiling of one grid axis of ``size`` positions (an int, or a traced size during ONNX export).
 
-    @property
-    def hp(self) -> int:  # rows after padding targets to whole tiles
-        return self.nty * self.ty
-
-    @property
-    def wp(self) -> int:
-        return self.ntx * self.tx
-
-    @property
-    def ky(self) -> int:  # halo rows (sources seen by one tile)
-        return self.ty + 2 * self.ry
-
-    @property
-    def kx(self) -> int:
-        return self.tx + 2 * self.rx
-
-
-def _geometry(h: int, w: int, radius: int, tile: int) -> _Geometry:
-    ry, rx = min(radius, h - 1), min(radius, w - 1)
-    ty, tx = min(tile, h), min(tile, w)
-    return _Geometry(h, w, ry, rx, ty, tx, -(-h // ty), -(-w // tx))
-
-
-def _target_tiles(x: Tensor, g: _Geometry) -> Tensor:
-    """N×K×h×w → view N×nty×ntx×ty×tx×K of the target tiles (zero-padded to whole tiles)."""
-    # channels-last copy first, so that the gathers below read contiguous K-vectors
-    x = F.pad(x, (0, g.wp - g.w, 0, g.hp - g.h)).permute(0, 2, 3, 1).contiguous()
-    return x.unfold(1, g.ty, g.ty).unfold(2, g.tx, g.tx).permute(0, 1, 2, 4, 5, 3)
-
-
-def _source_tiles(x: Tensor, g: _Geometry, grid_channel: bool = False) -> Tensor:
-    """N×K×h×w → view N×nty×ntx×ky×kx×K' of the halo of every tile (zero-padded by the radius).
-
-    With ``grid_channel`` one channel is appended (K' = K + 1) that is 0 inside the grid and _NEG outside; the
-    target tiles carry 1 in that channel, so the matmul itself adds _NEG to the logits of out-of-grid sources.
+    Attributes: ``t`` tile length min(tile, size); ``k`` halo length min(t + 2·radius, size); ``count`` tiles;
+    ``src`` count×k halo positions of every tile (clamped into [0, size)); ``bias`` count×t×k logit bias
+    −Δ²/(2σ²) between target (tile start + row) and source, _NEG where |Δ| > radius.
     """
-    pad = (g.rx, g.rx + g.wp - g.w, g.ry, g.ry + g.hp - g.h)
-    x = F.pad(x, pad)
-    if grid_channel:
-        x = torch.cat([x, F.pad(x.new_zeros(x.shape[0], 1, g.h, g.w), pad, value=_NEG)], dim=1)
-    x = x.permute(0, 2, 3, 1).contiguous()
-    return x.unfold(1, g.ky, g.ty).unfold(2, g.kx, g.tx).permute(0, 1, 2, 4, 5, 3)
+
+    def __init__(self, size, tile: int, radius: int, sigma: float, dtype: torch.dtype, device):
+        pos = torch.arange(size, device=device)
+        # sizes as lengths of slices: min() of a traced size would be frozen into an exported graph
+        self.t = pos[:tile].shape[0]
+        self.k = pos[: tile + 2 * radius].shape[0]  # = min(t + 2·radius, size) also when t = size < tile
+        self.count = (size + self.t - 1) // self.t
+        start = torch.arange(self.count, device=device) * self.t
+        # halo start: radius before the tile, moved inside the grid (the halo is never longer than the grid)
+        first = (start - radius).clamp(min=0).clamp(max=size - self.k)
+        self.src = first[:, None] + torch.arange(self.k, device=device)
+        offset = self.src[:, None, :] - (start[:, None] + torch.arange(self.t, device=device))[:, :, None]
+        self.bias = (offset.square().to(dtype).mul(-1.0 / (2.0 * sigma * sigma))
+                     .masked_fill(offset.abs() > radius, _NEG))
+        self.pad = self.count * self.t - size  # zero rows/columns completing the last tile
 
 
-def _feature_tiles(feat: Tensor, g: _Geometry) -> tuple[Tensor, Tensor]:
-    """Target and halo tiles of F, each with the extra grid channel (1 for targets; 0 / _NEG for sources)."""
-    targets = torch.cat([feat, feat.new_ones(feat.shape[0], 1, g.h, g.w)], dim=1)
-    return _target_tiles(targets, g), _source_tiles(feat, g, grid_channel=True)
+class _Tiling:
+    """Both axes of an h×w grid, and the gathers between N×K×h×w maps and B×positions×K tiles."""
+
+    def __init__(self, n, h, w, tile: int, radius: int, sigma: float, dtype: torch.dtype, device):
+        self.n, self.h, self.w = n, h, w
+        self.y = _Axis(h, tile, radius, sigma, dtype, device)
+        self.x = _Axis(w, tile, radius, sigma, dtype, device)
+        self.t2 = self.y.t * self.x.t
+        self.k2 = self.y.k * self.x.k
+        self.num_tiles = n * self.y.count * self.x.count
+
+    def chunks(self, chunk_elements: int, device):
+        """Yield (tile ids, slice of the tile dimension) per chunk of at most ``chunk_elements`` logits.
+
+        One chunk: all tiles, ``slice(None)`` and ids from ``arange(num_tiles)``, so that a trace stays valid for
+        any input size (a Python loop over several chunks would be frozen into it)."""
+        step = chunk_elements // (self.t2 * self.k2)
+        if step >= self.num_tiles:
+            yield torch.arange(self.num_tiles, device=device), slice(None)
+            return
+        step = max(1, int(step))
+        for lo in range(0, int(self.num_tiles), step):
+            hi = min(int(self.num_tiles), lo + step)
+            yield torch.arange(lo, hi, device=device), slice(lo, hi)
+
+    def targets(self, x: Tensor) -> Tensor:
+        """N×K×h×w → num_tiles×(ty·tx)×K target tiles (zero-padded to whole tiles), tile id = (n, row, col)."""
+        k = x.shape[1]
+        x = F.pad(x, (0, self.x.pad, 0, self.y.pad))
+        x = x.reshape(self.n, k, self.y.count, self.y.t, self.x.count, self.x.t).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(self.num_tiles, self.t2, k)
+
+    def untile(self, x: Tensor) -> Tensor:
+        """num_tiles×(ty·tx)×K → N×K×h×w (padding cropped)."""
+        k = x.shape[-1]
+        x = x.reshape(self.n, self.y.count, self.x.count, self.y.t, self.x.t, k).permute(0, 5, 1, 3, 2, 4)
+        x = x.reshape(self.n, k, self.y.count * self.y.t, self.x.count * self.x.t)
+        return x[:, :, : self.h, : self.w]
+
+    def halos(self, x_cl: Tensor, ids: Tensor) -> Tensor:
+        """Channels-last N×h×w×K map → B×(ky·kx)×K halo of the tiles ``ids`` (one gather)."""
+        b, i, j = self.split(ids)
+        halo = x_cl[b[:, None, None], self.y.src[i][:, :, None], self.x.src[j][:, None, :]]
+        return halo.reshape(ids.shape[0], self.k2, x_cl.shape[-1])
+
+    def bias(self, ids: Tensor) -> Tensor:
+        """B×(ty·tx)×(ky·kx) logit bias of the tiles ``ids`` (a new tensor: the logits are added onto it)."""
+        _, i, j = self.split(ids)
+        bias = self.y.bias[i][:, :, None, :, None] + self.x.bias[j][:, None, :, None, :]
+        return bias.reshape(ids.shape[0], self.t2, self.k2)
+
+    def split(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        per_image = self.y.count * self.x.count
+        return ids // per_image, (ids // self.x.count) % self.y.count, ids % self.x.count
 
 
-def _untile(x: Tensor, n: int, g: _Geometry) -> Tensor:
-    """(N·nty·ntx)×(ty·tx)×K tiles → N×K×h×w."""
-    k = x.shape[-1]
-    x = x.view(n, g.nty, g.ntx, g.ty, g.tx, k).permute(0, 5, 1, 3, 2, 4).reshape(n, k, g.hp, g.wp)
-    return x[:, :, : g.h, : g.w].contiguous()
-
-
-def _spatial_bias(g: _Geometry, radius: int, sigma: float, dtype: torch.dtype, device) -> Tensor:
-    """(ty·tx)×(ky·kx) logit bias: −‖Δp‖²/(2σ²) inside the square window, _NEG outside (same for every tile)."""
-    t_r, t_c = torch.meshgrid(torch.arange(g.ty, device=device), torch.arange(g.tx, device=device), indexing="ij")
-    s_r, s_c = torch.meshgrid(torch.arange(g.ky, device=device), torch.arange(g.kx, device=device), indexing="ij")
-    # source (s_r, s_c) of the halo sits at offset (s_r − ry − t_r, s_c − rx − t_c) from target (t_r, t_c)
-    dy = s_r.reshape(1, -1) - g.ry - t_r.reshape(-1, 1)
-    dx = s_c.reshape(1, -1) - g.rx - t_c.reshape(-1, 1)
-    bias = (dy.square() + dx.square()).to(dtype).mul_(-1.0 / (2.0 * sigma * sigma))
-    return bias.masked_fill_((dy.abs() > radius) | (dx.abs() > radius), _NEG)
-
-
-def _chunks(num_tiles: int, per_tile: int, chunk_elements: int):
-    step = max(1, chunk_elements // per_tile)
-    for start in range(0, num_tiles, step):
-        yield start, min(num_tiles, start + step)
+def _channels_last(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
 
 
 class _LAMFunction(torch.autograd.Function):
@@ -164,41 +173,29 @@ class _LAMFunction(torch.autograd.Function):
     def forward(ctx, seg: Tensor, feat: Tensor, sigma: float, radius: int, tile: int, chunk_elements: int,
                 save_elements: int):
         n, c, h, w = seg.shape
+        g = _Tiling(n, h, w, tile, radius, sigma, seg.dtype, seg.device)
+        q_all = g.targets(feat)
+        src = _channels_last(torch.cat([feat, seg], dim=1))  # one gather per chunk for F and S
         d = feat.shape[1]
-        g = _geometry(h, w, radius, tile)
-        bias = _spatial_bias(g, radius, sigma, seg.dtype, seg.device)
-        t2, k2 = g.ty * g.tx, g.ky * g.kx
-        (f_t, f_s), s_s = _feature_tiles(feat, g), _source_tiles(seg, g)
-
-        num_tiles = n * g.nty * g.ntx
-        out = seg.new_empty(num_tiles, t2, c)
-        lse = seg.new_empty(num_tiles, t2, 1)
-        # the logits of every tile, kept for the backward when they fit the budget (it then skips one of its two
-        # big matmuls); only when a gradient will be asked for
-        saved = (seg.new_empty(num_tiles, t2, k2)
-                 if any(ctx.needs_input_grad[:2]) and num_tiles * t2 * k2 <= save_elements else None)
-        for lo, hi in _chunks(num_tiles, t2 * k2, chunk_elements):
-            ids = torch.arange(lo, hi, device=seg.device)
-            bi, ii, jj = ids // (g.nty * g.ntx), (ids // g.ntx) % g.nty, ids % g.ntx
-            q = f_t[bi, ii, jj].reshape(-1, t2, d + 1)
-            k = f_s[bi, ii, jj].reshape(-1, k2, d + 1)
-            # B×t2×k2 logits, _NEG outside window and grid
-            if saved is None:
-                z = torch.baddbmm(bias, q, k.transpose(1, 2))
-                m = z.amax(dim=2, keepdim=True)
-                p = _exp_(z.sub_(m))
-            else:
-                z = torch.baddbmm(bias, q, k.transpose(1, 2), out=saved[lo:hi])
-                m = z.amax(dim=2, keepdim=True)
-                p = _exp_(z - m)
-            den = p.sum(dim=2, keepdim=True)
-            out[lo:hi] = torch.bmm(p, s_s[bi, ii, jj].reshape(-1, k2, c)).div_(den)
-            lse[lo:hi] = m + den.log()
-
-        out = _untile(out, n, g)
-        lse = _untile(lse, n, g)
+        # the logits of every tile, kept for the backward when they fit the budget (it then skips their matmul);
+        # only when a gradient will be asked for
+        keep = any(ctx.needs_input_grad[:2]) and g.num_tiles * g.t2 * g.k2 <= save_elements
+        outs, lses, saved = [], [], []
+        for ids, sl in g.chunks(chunk_elements, seg.device):
+            halo = g.halos(src, ids)
+            # B×t2×k2 logits, _NEG outside the window
+            z = g.bias(ids).baddbmm_(q_all[sl], halo[..., :d].transpose(1, 2))
+            p = torch.softmax(z, dim=2)
+            outs.append(torch.bmm(p, halo[..., d:]))
+            # log-sum-exp of each target's logits: max + log(1 / weight of the max)
+            lses.append(z.amax(dim=2, keepdim=True) - p.amax(dim=2, keepdim=True).log())
+            if keep:
+                saved.append(z)
+            del z, p
+        out = g.untile(outs[0] if len(outs) == 1 else torch.cat(outs)).contiguous()
+        lse = g.untile(lses[0] if len(lses) == 1 else torch.cat(lses)).contiguous()
         ctx.save_for_backward(seg, feat, out, lse)
-        ctx.saved_logits = saved
+        ctx.saved_logits = saved if keep else None
         ctx.config = (sigma, radius, tile, chunk_elements)
         return out
 
@@ -211,51 +208,49 @@ class _LAMFunction(torch.autograd.Function):
         need_seg, need_feat = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, c, h, w = seg.shape
         d = feat.shape[1]
-        g = _geometry(h, w, radius, tile)
-        bias = _spatial_bias(g, radius, sigma, seg.dtype, seg.device)
-        t2, k2 = g.ty * g.tx, g.ky * g.kx
+        g = _Tiling(n, h, w, tile, radius, sigma, seg.dtype, seg.device)
         grad_out = grad_out.contiguous()
-        # delta_b = Σ_a W[a, b] dz-independent term of the softmax backward: dŜ_b · Ŝ_b
+        # delta_b = Σ_a W[a, b]·(dŜ_b · S_a) = dŜ_b · Ŝ_b, the softmax backward's subtracted term
         delta = (grad_out * out).sum(dim=1, keepdim=True)
+        # per position: S | 1 | dŜ | −δ, so that dŜ_h·S_t − δ_h = [S_t, 1]·[dŜ_h, −δ_h] and
+        # dŜ_t·S_h − δ_t = [dŜ_t, −δ_t]·[S_h, 1] are one small matmul each; the halos also carry the lse
+        aux = torch.cat([seg, torch.ones_like(delta), grad_out, -delta], dim=1)
+        aux_t = g.targets(aux)
+        aux_s = _channels_last(torch.cat([aux, lse], dim=1))
+        feat_s = _channels_last(feat)
+        q_all = g.targets(feat) if saved is None else None
 
-        f_t, f_s = _feature_tiles(feat, g)
-        s_t, s_s = _target_tiles(seg, g), _source_tiles(seg, g)
-        go_t, go_s = _target_tiles(grad_out, g), _source_tiles(grad_out, g)
-        lse_t, lse_s = _target_tiles(lse, g), _source_tiles(lse, g)
-        dl_t, dl_s = _target_tiles(delta, g), _source_tiles(delta, g)
-
-        num_tiles = n * g.nty * g.ntx
-        grad_seg = seg.new_empty(num_tiles, t2, c) if need_seg else None
-        grad_feat = feat.new_empty(num_tiles, t2, d + 1) if need_feat else None  # last channel: grid, dropped
-        for lo, hi in _chunks(num_tiles, t2 * k2, chunk_elements):
-            ids = torch.arange(lo, hi, device=seg.device)
-            bi, ii, jj = ids // (g.nty * g.ntx), (ids // g.ntx) % g.nty, ids % g.ntx
-            q = f_t[bi, ii, jj].reshape(-1, t2, d + 1)
-            k = f_s[bi, ii, jj].reshape(-1, k2, d + 1)
-            if saved is None:  # z[t, h], symmetric in (t, h) inside the grid: the forward's values, bit for bit
-                z = torch.baddbmm(bias, q, k.transpose(1, 2))
+        grads_seg, grads_feat = [], []
+        for num, (ids, sl) in enumerate(g.chunks(chunk_elements, seg.device)):
+            halo = g.halos(aux_s, ids)  # B×k2×(2C+3)
+            k = g.halos(feat_s, ids)  # B×k2×D
+            if saved is None:  # z[t, h], symmetric in (t, h): the forward's values, bit for bit
+                z = g.bias(ids).baddbmm_(q_all[sl], k.transpose(1, 2))
             else:
-                z = saved[lo:hi]
-            go_h = go_s[bi, ii, jj].reshape(-1, k2, c)
-
+                z = saved[num]
+                saved[num] = None
             # tile positions as *sources* a = t of the halo targets b = h: W[t, h] = exp(z − lse_h)
-            p_src = _exp_(z - lse_s[bi, ii, jj].reshape(-1, 1, k2))
+            w_src = _exp_(z - halo[..., 2 * c + 2].unsqueeze(1))
             if need_seg:
-                grad_seg[lo:hi] = torch.bmm(p_src, go_h)
+                grads_seg.append(torch.bmm(w_src, halo[..., c + 1: 2 * c + 1]))
             if need_feat:
-                # dz[t, h] = W[t, h] · (dŜ_h · S_t − delta_h)
-                dz = torch.bmm(s_t[bi, ii, jj].reshape(-1, t2, c), go_h.transpose(1, 2))
-                dz.sub_(dl_s[bi, ii, jj].reshape(-1, 1, k2)).mul_(p_src)
-                del p_src
-                # tile positions as *targets* b = t of the halo sources a = h: W[h, t] = exp(z − lse_t)
-                p_tgt = _exp_(torch.sub(z, lse_t[bi, ii, jj].reshape(-1, t2, 1)))
-                dz2 = torch.bmm(go_t[bi, ii, jj].reshape(-1, t2, c), s_s[bi, ii, jj].reshape(-1, k2, c).transpose(1, 2))
-                dz2.sub_(dl_t[bi, ii, jj].reshape(-1, t2, 1)).mul_(p_tgt)
-                dz.add_(dz2)
-                grad_feat[lo:hi] = torch.bmm(dz, k)
+                a = aux_t[sl]
+                # dz[t, h] = W[t, h]·(dŜ_h·S_t − δ_h) + W[h, t]·(dŜ_t·S_h − δ_t), W[h, t] = softmax over h of z[t, :]
+                dz = torch.bmm(a[..., : c + 1], halo[..., c + 1: 2 * c + 2].transpose(1, 2)).mul_(w_src)
+                del w_src
+                w_tgt = torch.softmax(z, dim=2)
+                del z
+                dz.addcmul_(torch.bmm(a[..., c + 1:], halo[..., : c + 1].transpose(1, 2)), w_tgt)
+                del w_tgt
+                grads_feat.append(torch.bmm(dz, k))
+            else:
+                del w_src, z
 
-        grad_seg = _untile(grad_seg, n, g) if need_seg else None
-        grad_feat = _untile(grad_feat, n, g)[:, :d].contiguous() if need_feat else None
+        def assemble(parts: list[Tensor]) -> Tensor:
+            return g.untile(parts[0] if len(parts) == 1 else torch.cat(parts)).contiguous()
+
+        grad_seg = assemble(grads_seg) if need_seg else None
+        grad_feat = assemble(grads_feat) if need_feat else None
         return grad_seg, grad_feat, None, None, None, None, None
 
 
