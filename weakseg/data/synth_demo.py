@@ -15,7 +15,8 @@ ring        thick annulus                    blue, flat with noise
 cross       two perpendicular thick bars     magenta, checkerboard
 ==========  ===============================  =============================================
 
-Scribbles come from the simulator (:mod:`weakseg.data.simulate`) and tags from the masks, as for the benchmark.
+Scribbles come from the simulator (:mod:`weakseg.data.simulate`; two strokes per region, so that the large background
+is annotated on more than one side of the objects) and tags from the masks, as for the benchmark.
 The layout is the benchmark's (VOC layout, PNG everywhere; ``tags.json``, ``classes.txt``, ``README.txt``), so every
 method and preset that reads the benchmark reads this too. Image ``i`` depends only on (seed, i).
 """
@@ -142,7 +143,8 @@ Files:
 
 
 def generate_synth_demo(out_dir: str | os.PathLike, num_images: int = 400, size: int = 64, seed: int = 0,
-                        val_fraction: float = 0.2, max_objects: int = 2, scribble_width: int = 3) -> dict:
+                        val_fraction: float = 0.2, max_objects: int = 2, scribble_width: int = 3,
+                        strokes_per_region: int = 2) -> dict:
     """Write the demo data to ``out_dir`` (layout of :func:`weakseg.data.synth.generate_synth`).
 
     Returns:
@@ -160,7 +162,8 @@ def generate_synth_demo(out_dir: str | os.PathLike, num_images: int = 400, size:
     for i, sid in enumerate(ids):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE40, i]))
         image, label = render_demo_image(size, rng, max_objects)
-        scrib = simulate_scribbles(label, rng=image_seed(seed, sid), width=scribble_width, strokes_per_region=1,
+        scrib = simulate_scribbles(label, rng=image_seed(seed, sid), width=scribble_width,
+                                   strokes_per_region=strokes_per_region,
                                    min_region_area=min_region, min_dot_area=4)
         save_image(out / "JPEGImages" / f"{sid}.png", image)
         save_label_png(out / "SegmentationClass" / f"{sid}.png", label, palette)

@@ -114,7 +114,8 @@ def svg_bar_chart(rows: list[tuple[str, float]], reference: float | None = None,
         y = 18 + i * (bar_height + 8)
         v = 0.0 if value != value else max(0.0, min(1.0, value))
         colour = "#4c72b0" if i else "#55a868"
-        out.append(f'<text x="{label_width - 8}" y="{y + bar_height * 0.7:.1f}" text-anchor="end">{escape(label)}</text>'
+        out.append(f'<text x="{label_width - 8}" y="{y + bar_height * 0.7:.1f}" text-anchor="end">'
+                   f'{escape(label)}</text>'
                    f'<rect x="{label_width}" y="{y}" width="{plot * v:.1f}" height="{bar_height}" fill="{colour}"/>'
                    f'<text x="{label_width + plot * v + 5:.1f}" y="{y + bar_height * 0.7:.1f}">{_fmt(value)}</text>')
     if reference is not None and reference == reference:
