@@ -240,6 +240,95 @@ SBE_COCO = {**{k: v for k, v in SBE_VOC.items() if not k.startswith("data.")}, *
 BES_COCO = {**{k: v for k, v in BES_VOC.items() if not k.startswith("data.")}, **DEEPLABV2_RECIPE, **COCO_DATA,
             "data.crop_size": 321}
 
+# ---- CDSP (spec §3.2 networks, §3.3 distance maps, §3.4 losses, §3.6 training, §3.7 evaluation) ---------------
+CDSP_R50 = {
+    "data.tags_source": "scribble",                  # §3.1: the class labels hidden in the scribbles
+    "data.crop_size": 465,                           # §3.6(5)
+    "data.scale_range": (0.5, 2.0),                  # §3.6(1)
+    "model.backbone": "resnet50",                    # §3.2(1) res50_ASPP_lorm (the released checkpoint)
+    "model.output_stride": 8,                        # §3.2: layer3 dilation 2, layer4 multi-grid 4/8/16
+    "model.norm": "syncbn",                          # §3.2: synchronized BN
+    "model.head": "aspp_c",                          # §3.2(1): C-channel ASPP branches
+    "model.head_kwargs": {"rates": [12, 18, 24]},    # §3.2(1): 1×1 + dilations 12, 18, 24 (+ image pooling)
+    "method.reference_layout": True,                 # §3.2: stride in the 1×1 conv, multi-grid
+    "method.head_init": "msra",                      # §3.2: N(0, 2/n) over every non-backbone conv
+    "method.distance.lambda_s": math.e,              # §3.3: λ_s = e
+    "method.distance.lambda_c": math.e ** 6,         # §3.3: λ_c = e⁶
+    "method.loss.scribble": 1.0,                     # §3.4(5): all weights 1
+    "method.loss.pseudo": 1.0,
+    "method.loss.smoothing": 0.1,                    # §3.4(2): ε = 0.1
+    "method.loss.lorm": 1.0,
+    "method.loss.dist_scribble": 1.0,
+    "method.loss.dist_pseudo": 1.0,
+    "method.aug.scale_range": (0.5, 2.0),            # §3.6(1)
+    "method.aug.max_angle": 10.0,                    # §3.6(2): ±10°
+    "method.aug.rotate_prob": 0.5,
+    "method.aug.blur_prob": 0.5,                     # §3.6(3): 5×5 Gaussian blur, p 0.5
+    "method.aug.flip_prob": 0.5,                     # §3.6(4)
+    "optim.name": "sgd",                             # §3.6: SGD, momentum 0.9, wd 5e-4, lr 1e-3, one group
+    "optim.lr": 1e-3,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 5e-4,
+    "optim.lr_mult": {},
+    "schedule.name": "cosine",                       # §3.6: 5 warm-up epochs from 0, then cosine to 0
+    "schedule.epochs": 50.0,
+    "schedule.warmup_iters": 3310,                   # 5 × ceil(10582 / 16)
+    "schedule.warmup_ratio": 0.0,
+    "schedule.min_lr_ratio": 0.0,
+    "engine.batch_size": 16,                         # §3.6
+    "engine.seed": 1000,                             # §3.6
+    "eval.scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),  # §3.7: long side round(512·s)
+    "eval.resize": "long_side",
+    "eval.long_side": 512,
+    "eval.mode": "slide",                            # §3.7: 465 windows, stride 310, centred mean padding
+    "eval.crop_size": 465,
+    "eval.stride": 310,
+    "eval.pad": "center",
+    "eval.average": "prob",                          # §3.7: probabilities averaged
+    "eval.align_corners": True,                      # §3.2: align_corners=True upsampling
+    "eval.flip": False,
+    "eval.crf": None,                                # §3.7: no CRF
+}
+CDSP_R101 = {**CDSP_R50, "model.backbone": "resnet101", "model.head": "deeplabv3plus", "model.head_kwargs": {}}
+
+# ---- WebCoseg (spec §5.2 networks, §5.3 training, §5.4 mask estimation, §5.5 evaluation) ------------------------
+WEBCOSEG_VOC = {
+    "data.tags_source": "label",                     # §5.7.2: image labels from the masks
+    "data.crop_size": 320,                           # §5.3 CROP_SIZE
+    "data.scale_range": (0.7, 1.3),                  # §5.3 SCALE_RANGE
+    "data.mean": (123 / 255, 117 / 255, 104 / 255),  # §5.2: RGB minus (123, 117, 104) ...
+    "data.std": (1 / 255, 1 / 255, 1 / 255),         # ... without std division
+    "model.backbone": "resnet50",                    # §5.2
+    "model.output_stride": 8,                        # §5.2: res4 dilation 2, res5 dilation 4
+    "model.norm": "frozen_bn",                       # §5.2: use_global_stats
+    "model.backbone_options": {"stride_in_1x1": True},  # §5.2: Caffe-style bottleneck
+    "model.head": "largefov",                        # §5.2: 3×3 dil 12 → 512, dropout 0.5, 1×1 512, 1×1 C
+    "model.head_kwargs": {"channels": 512, "dilation": 12, "dropout": 0.5},
+    "optim.name": "sgd",                             # §5.3: SGD 0.9, wd 5e-4, lr 1.6e-3 constant
+    "optim.lr": 1.6e-3,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 5e-4,
+    "schedule.power": 0.0,                           # constant LR
+    "schedule.iters": 28000,                         # §5.3: 40 × 700
+    "engine.batch_size": 16,
+    "method.global_branch": True,                    # §5.2 final model
+    "method.init.model.backbone": "resnet50",
+    "method.init.model.output_stride": 8,
+    "method.init.model.head": "largefov",
+    "method.init.optim.lr": 1.6e-3,
+    "method.init.schedule.power": 0.0,
+    "method.init.schedule.iters": 8000,              # §5.3: 40 × 200
+    "method.init.batch_size": 16,
+    "method.init.crop_size": 320,
+    "method.init.scale_range": (0.7, 1.3),
+    "method.estimate.scales": (0.7, 1.0, 1.3),       # §5.4: summed probabilities, tags zeroed
+    "method.estimate.crf": None,                     # §5.4: no CRF
+    "eval.scales": (0.7, 1.0, 1.3),                  # §5.5 --ms
+    "eval.average": "prob",                          # §5.5: summed probabilities
+    "eval.flip": False,
+    "eval.crf": "webcoseg",                          # §5.5 --crf
+}
+
 PRESETS = {
     "blpseg/blpseg_r101-os32_b10-40e_voc12aug-384.yaml": BLPSEG_VOC,
     "blpseg/blpseg_r101-os32_b10-40e_voc12aug-384_plus.yaml": {**BLPSEG_VOC, **JITTER},
@@ -251,6 +340,9 @@ PRESETS = {
     "bes/bes_r50-os16_b16-5e_voc12aug-512.yaml": BES_VOC,
     "sbe/sbe_r50-os16_b16-5e_coco14-512.yaml": SBE_COCO,
     "bes/bes_r50-os16_b16-5e_coco14-512.yaml": BES_COCO,
+    "cdsp/cdsp_r50-deeplabv2-lorm_b16-50e_voc12aug-465.yaml": CDSP_R50,
+    "cdsp/cdsp_r101-deeplabv3p-lorm_b16-50e_voc12aug-465.yaml": CDSP_R101,
+    "webcoseg/webcoseg_r50-os8_b16-28ki_voc12aug-320.yaml": WEBCOSEG_VOC,
 }
 
 
