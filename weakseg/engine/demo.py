@@ -119,8 +119,9 @@ def machine_summary() -> str:
         names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
         model = names[0] if names else model
         bf16 = "avx512_bf16" in text or "amx_bf16" in text
+    threads = torch.get_num_threads()
     return (f"{model}, {os.cpu_count()} cores{' (native bf16)' if bf16 else ''}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+            f"{threads} thread{'s' if threads > 1 else ''}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
