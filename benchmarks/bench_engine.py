@@ -18,7 +18,8 @@ channels_last, torch.compile on CUDA), one subprocess (so that peak memory is it
 
 The BLPSeg overhead is measured in its own subprocess: BLPSeg and the plain network with the same backbone and
 decoder (partial CE), trained alternately (A B A B …) for ``--ratio-iters`` rounds so that both see the same load;
-the ratio of the medians is reported.
+the ratio of the medians is reported, with the same ratio of process CPU times (user + system; less sensitive to
+other jobs on a shared CPU) and the load average before and after.
 
 Networks (``NETWORKS``; add an entry to extend the list): on CPU the demo and horse networks; on CUDA the BLPSeg
 paper network (ResNet-101 + UPerNet, batch 10, 384²), DeepLab-v2 ResNet-101 (batch 10, 321²) and a CDSP-like
@@ -204,17 +205,27 @@ def ratio(a: str, b: str, device: str, iters: int) -> dict:
     dev = torch.device(device)
     nets = {k: build(k, dev, channels_last=True) for k in (a, b)}
     times: dict[str, list[float]] = {a: [], b: []}
+    # process CPU time (user + system) as well: on a CPU shared with other jobs the wall time of a step depends on
+    # how often this process is descheduled, its CPU time much less so
+    cpu: dict[str, list[float]] = {a: [], b: []}
+    loads = [os.getloadavg()[0]]
     for i in range(iters + 1):  # one warm-up round
         for k, (method, opt, batch) in nets.items():
             sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
             train_step(method, opt, batch, dev, None)
             sync(dev)
+            c1 = resource.getrusage(resource.RUSAGE_SELF)
             if i:
                 times[k].append(time.perf_counter() - t0)
+                cpu[k].append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
+    loads.append(os.getloadavg()[0])
     ma, mb = statistics.median(times[a]), statistics.median(times[b])
+    ca, cb = statistics.median(cpu[a]), statistics.median(cpu[b])
     return {"a": a, "b": b, "a_s": ma, "b_s": mb, "ratio": ma / mb, "a_steps": times[a], "b_steps": times[b],
-            "pairwise_ratio_median": statistics.median(x / y for x, y in zip(times[a], times[b]))}
+            "pairwise_ratio_median": statistics.median(x / y for x, y in zip(times[a], times[b])),
+            "a_cpu_s": ca, "b_cpu_s": cb, "cpu_ratio": ca / cb, "a_cpu_steps": cpu[a], "b_cpu_steps": cpu[b],
+            "load_before_after": loads}
 
 
 def machine() -> dict:
@@ -266,9 +277,14 @@ def markdown(meta: dict, rows: list[dict], ratios: list[dict]) -> str:
         lines += ["", "BLPSeg training step ÷ the plain step (partial CE) with the same backbone and decoder, fp32, "
                   f"alternating steps ({meta['ratio_iters']} rounds after one warm-up):", "",
                   "| BLPSeg network | plain network | BLPSeg step s | plain step s | ratio of medians | "
-                  "median of pairwise ratios |", "|---|---|---:|---:|---:|---:|"]
+                  "median of pairwise ratios | BLPSeg CPU s | plain CPU s | CPU-time ratio | load before → after |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {NETWORKS[r['a']].label} | {NETWORKS[r['b']].label} | {r['a_s']:.3f} | {r['b_s']:.3f} | "
-                  f"{r['ratio']:.2f} | {r['pairwise_ratio_median']:.2f} |" for r in ratios]
+                  f"{r['ratio']:.2f} | {r['pairwise_ratio_median']:.2f} | {r['a_cpu_s']:.3f} | {r['b_cpu_s']:.3f} | "
+                  f"{r['cpu_ratio']:.2f} | {' → '.join(f'{x:.1f}' for x in r['load_before_after'])} |"
+                  for r in ratios]
+        lines += ["", "Step s: wall clock; CPU s: the process's user + system time for the same steps (less "
+                  "sensitive to other jobs on a shared CPU). The target of issue 13 is a ratio ≤ 1.25."]
     return "\n".join(lines) + "\n"
 
 
@@ -304,7 +320,8 @@ def main() -> None:
         r = child("ratio", dict(a=a, b=b, device=dev, iters=args.ratio_iters))
         ratios.append(r)
         print(f"{a} / {b}: {r['a_s']:.3f} s / {r['b_s']:.3f} s = {r['ratio']:.2f} "
-              f"(pairwise median {r['pairwise_ratio_median']:.2f})", flush=True)
+              f"(pairwise median {r['pairwise_ratio_median']:.2f}; CPU time {r['cpu_ratio']:.2f}; load "
+              f"{r['load_before_after'][0]:.1f} → {r['load_before_after'][1]:.1f})", flush=True)
     rows = []
     for key in args.networks or DEFAULT_NETWORKS[dev]:
         for name, amp, cl, comp in VARIANTS[dev]:

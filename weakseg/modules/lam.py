@@ -190,7 +190,7 @@ class _LAMFunction(torch.autograd.Function):
             # B×t2×k2 logits, _NEG outside the window
             z = g.bias(ids).baddbmm_(q_all[sl], halo[..., :d].transpose(1, 2))
             p = torch.softmax(z, dim=2)
-            outs.append(torch.bmm(p, halo[..., d:]))
+            outs.append(torch.bmm(p, halo[..., d:].contiguous()))
             # log-sum-exp of each target's logits: max + log(1 / weight of the max)
             lses.append(z.amax(dim=2, keepdim=True) - p.amax(dim=2, keepdim=True).log())
             if keep:
