@@ -318,3 +318,22 @@ def test_crf_improves_miou_of_blurred_horse_masks(backend):
         after.update(q.argmax(0), gt)
     miou_before, miou_after = before.compute()["miou"], after.compute()["miou"]
     assert miou_after > miou_before + 0.005, f"mIoU {miou_before:.4f} → {miou_after:.4f}"
+
+
+def test_label_refiner_and_class_map_round_trip():
+    from weakseg.modules.crf import label_refiner, refine_class_map
+
+    assert label_refiner(None) is None
+    with pytest.raises(ValueError, match=r"method\.walk\.crf: unknown CRF preset 'nope'"):
+        label_refiner("nope", key="method.walk.crf")
+    label = torch.tensor([[0, 3, 3], [7, 7, 0]])
+    keys = torch.tensor([2, 6])  # classes 3 and 7 (key + 1)
+    seen = {}
+
+    def refine(image, channel, n):  # identity on the channels; records what the CRF saw
+        seen.update(channel=channel.copy(), n=n)
+        return channel
+
+    out = refine_class_map(refine, np.zeros((2, 3, 3), np.uint8), label, keys)
+    assert seen["n"] == 3 and seen["channel"].tolist() == [[0, 1, 1], [2, 2, 0]]
+    assert torch.equal(out, label)

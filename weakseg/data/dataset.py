@@ -267,6 +267,12 @@ class SegDataset(torch.utils.data.Dataset):
             sample[key] = self._any_map(self._file(folder, sid, ".png"), size, key)
         return sample
 
+    def load_id(self, sample_id: str) -> dict:
+        """The raw sample of id ``sample_id`` (as :meth:`load`); KeyError when the id is not in the list."""
+        if getattr(self, "_index", None) is None or len(self._index) != len(self.ids):
+            self._index = {sid: i for i, sid in enumerate(self.ids)}
+        return self.load(self._index[sample_id])
+
     def __getitem__(self, index: int) -> dict:
         sample = self.load(index)
         return self.transform(sample) if self.transform is not None else sample

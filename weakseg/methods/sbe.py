@@ -24,7 +24,6 @@ only where it is used (train_boundary_net, not train_cam, §4.9.1).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +45,10 @@ from weakseg.methods.kit import (DATA_IMAGES, DATA_TAGS, MAP_STRIDE, CAMSection,
                                  saliency_stage, score_masks_stage, section_paths, train_seg_stage)
 from weakseg.models.boundary_net import BoundaryNet
 from weakseg.modules.boundary_labels import make_boundary_labels
-from weakseg.modules.crf import CRF_PRESETS, crf_label
+from weakseg.modules.crf import label_refiner, refine_class_map
 from weakseg.modules.random_walk import propagate_to_label
 from weakseg.utils.io import save_label_png
+from weakseg.utils.threads import num_threads
 
 # ----------------------------------------------------------------------------------------------------------------
 # configuration: one typed section per stage
@@ -164,14 +164,6 @@ def _boundary_net(s: BoundaryNetSection, pretrained: bool) -> BoundaryNet:
                        dilated=s.dilated, **m.head_kwargs)
 
 
-def _crf(preset: str | None, backend: str, key: str):
-    if preset is None:
-        return None
-    if preset not in CRF_PRESETS:
-        raise ValueError(f"{key}: unknown CRF preset {preset!r}; known: {', '.join(CRF_PRESETS)}")
-    return functools.partial(crf_label, params=CRF_PRESETS[preset], backend=backend)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the method: the final segmentation network and the stage list
 
@@ -264,28 +256,22 @@ class _State:
     ctx: StageContext
     section: Any  # the PropagationConfig
     dataset: Any
-    index: dict[str, int]
     crf: Any = None
     net: Any = None
     saliency: bool = False
 
 
-def _state(ctx: StageContext, prefix: str, dataset, crf=None, net=None, saliency: bool = False) -> _State:
-    return _State(ctx, get_path(ctx.cfg, prefix), dataset, {sid: i for i, sid in enumerate(dataset.ids)}, crf, net,
-                  saliency)
-
-
 def _setup_boundary_labels(ctx: StageContext, prefix: str, saliency: bool) -> _State:
     m = get_path(ctx.cfg, prefix)
-    return _state(ctx, prefix, ctx.dataset(saliency_dir=_saliency_dir(ctx, saliency)),
-                  _crf(m.labels.crf, m.crf_backend, f"{prefix}.labels.crf"), saliency=saliency)
+    return _State(ctx, m, ctx.dataset(saliency_dir=_saliency_dir(ctx, saliency)),
+                  label_refiner(m.labels.crf, m.crf_backend, f"{prefix}.labels.crf"), saliency=saliency)
 
 
 def make_boundary_labels_image(state: _State, sample_id: str, path: Path) -> None:
     """Write ``<id>.png``: H×W uint8 codes BG 0, FG 50, FG_FG 100, FG_BG 150, IGNORE 200, CERTAIN_FG_BG 250 (SBE)
     from the CAM ``high_res`` (and, with the saliency switch, the saliency map)."""
     s = state.section.labels
-    sample = state.dataset.load(state.index[sample_id])
+    sample = state.dataset.load_id(sample_id)
     cams = load_cams(state.ctx, sample_id)
     cues = {}
     if state.saliency:
@@ -324,18 +310,7 @@ def _setup_pseudo_masks(ctx: StageContext, prefix: str) -> _State:
     module = BoundaryTraining(_boundary_net(m.boundary, pretrained=False))  # weights come from the checkpoint
     ctx.load_weights(module, ctx.checkpoint("train_boundary_net"))
     module.to(ctx.device).eval()
-    return _state(ctx, prefix, ctx.dataset(), _crf(m.walk.crf, m.crf_backend, f"{prefix}.walk.crf"), module.net)
-
-
-@contextlib.contextmanager
-def _num_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    return _State(ctx, m, ctx.dataset(), label_refiner(m.walk.crf, m.crf_backend, f"{prefix}.walk.crf"), module.net)
 
 
 @torch.no_grad()
@@ -346,7 +321,7 @@ def make_pseudo_mask_image(state: _State, sample_id: str, path: Path) -> None:
     from V ⊙ (1 − B); upsampled ×4, divided by the max, argmax([bg_thres, scores]); optionally CRF-refined.
     """
     ctx, w = state.ctx, state.section.walk
-    sample = state.dataset.load(state.index[sample_id])
+    sample = state.dataset.load_id(sample_id)
     cams = load_cams(ctx, sample_id)
     keys = torch.from_numpy(cams["keys"])
     height, width = sample[K.ORIG_SIZE]
@@ -359,14 +334,12 @@ def make_pseudo_mask_image(state: _State, sample_id: str, path: Path) -> None:
         if boundary.shape != v.shape[1:]:
             raise ValueError(f"{sample_id}: boundary map {tuple(boundary.shape)} and CAMs {tuple(v.shape[1:])} differ "
                              f"in size (both must be at stride {MAP_STRIDE})")
-        with _num_threads(w.threads if ctx.device.type == "cpu" else None):
+        with num_threads(w.threads if ctx.device.type == "cpu" else None):
             label = propagate_to_label(v, boundary, keys.to(ctx.device), (height, width), w.bg_thres, beta=w.beta,
                                        exp_times=w.exp_times, radius=w.radius, stride=MAP_STRIDE,
                                        normalize=w.normalize).cpu()
         if state.crf is not None:
-            lut = torch.cat([torch.zeros(1, dtype=torch.int64), keys + 1])  # channel index → class id
-            channel = torch.searchsorted(lut, label)  # lut is sorted: class id → channel index
-            label = lut[torch.from_numpy(state.crf(sample[K.IMAGE], channel.numpy(), len(lut)))]
+            label = refine_class_map(state.crf, sample[K.IMAGE], label, keys)
         label = label.numpy().astype(np.uint8)
     save_label_png(path, label, ctx.meta.palette)
 

@@ -45,6 +45,7 @@ Functions take and return numpy arrays and are top-level, so they can run in a `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 
@@ -428,3 +429,22 @@ def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tupl
     with warnings.catch_warnings():  # torch warns once per process that CSR support is "beta"; the ops used are stable
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
         return torch.sparse_csr_tensor(crow, cols, vals.float(), shape, check_invariants=False)
+
+
+def label_refiner(preset: str | None, backend: str = "auto", key: str = "crf"):
+    """``crf_label`` bound to the named preset and backend (a stage's "refine these labels" setting), or None when
+    ``preset`` is None. An unknown preset is a ValueError naming the config ``key`` and the known presets."""
+    if preset is None:
+        return None
+    if preset not in CRF_PRESETS:
+        raise ValueError(f"{key}: unknown CRF preset {preset!r}; known: {', '.join(CRF_PRESETS)}")
+    return functools.partial(crf_label, params=CRF_PRESETS[preset], backend=backend)
+
+
+def refine_class_map(refine, image: np.ndarray, label: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Refine an H×W map of class ids ``label`` whose classes are background and ``keys + 1`` (the image's tags)
+    with ``refine`` (:func:`label_refiner`): the CRF runs over those channels only and the result is mapped back to
+    class ids."""
+    lut = torch.cat([torch.zeros(1, dtype=torch.int64), keys.to(torch.int64) + 1])  # channel index → class id
+    channel = torch.searchsorted(lut, label.to(torch.int64))  # lut is sorted: class id → channel index
+    return lut[torch.from_numpy(refine(image, channel.numpy(), len(lut)))]

@@ -116,7 +116,6 @@ class _CamState:
     section: CAMSection
     net: CAMNet
     dataset: SegDataset
-    index: dict[str, int]
 
 
 def _setup_make_cam(ctx: StageContext, section: str) -> _CamState:
@@ -125,7 +124,7 @@ def _setup_make_cam(ctx: StageContext, section: str) -> _CamState:
     ctx.load_weights(module, ctx.checkpoint("train_cam"))
     module.to(ctx.device).eval()
     dataset = ctx.dataset(supervision="tags")
-    return _CamState(ctx, s, module.net, dataset, {sid: i for i, sid in enumerate(dataset.ids)})
+    return _CamState(ctx, s, module.net, dataset)
 
 
 @torch.no_grad()
@@ -135,7 +134,7 @@ def make_cam_image(state: _CamState, sample_id: str, path: Path) -> None:
     id = key + 1). Each class map is the sum over scales of CAM(image) + flip(CAM(flipped image)), divided by its
     max + 1e-5."""
     ctx, s = state.ctx, state.section
-    sample = state.dataset.load(state.index[sample_id])
+    sample = state.dataset.load_id(sample_id)
     keys = torch.nonzero(torch.as_tensor(sample[K.TAGS][1:]) > 0).flatten().to(torch.int64)
     height, width = sample[K.ORIG_SIZE]
     low_size = (-(-height // MAP_STRIDE), -(-width // MAP_STRIDE))

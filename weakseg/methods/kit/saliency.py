@@ -19,7 +19,6 @@ from weakseg.utils.io import save_label_png
 class _SaliencyState:
     model: Any
     dataset: SegDataset
-    index: dict[str, int]
 
 
 def _setup(ctx: StageContext, threads_path: str | None) -> _SaliencyState:
@@ -28,12 +27,12 @@ def _setup(ctx: StageContext, threads_path: str | None) -> _SaliencyState:
 
     dataset = ctx.dataset()
     threads = get_path(ctx.cfg, threads_path) if threads_path else None
-    return _SaliencyState(SaliencyModel(num_threads=threads), dataset, {sid: i for i, sid in enumerate(dataset.ids)})
+    return _SaliencyState(SaliencyModel(num_threads=threads), dataset)
 
 
 def make_saliency_image(state: _SaliencyState, sample_id: str, path: Path) -> None:
     """Write ``<id>.png``: H×W 8-bit single-channel saliency, round(255·S), S min-max normalised per image."""
-    image = state.dataset.load(state.index[sample_id])[K.IMAGE]
+    image = state.dataset.load_id(sample_id)[K.IMAGE]
     save_label_png(path, np.round(state.model.predict(image) * 255.0).astype(np.uint8))
 
 
