@@ -343,3 +343,13 @@ def test_fingerprint_ignores_new_settings_at_their_default(monkeypatch):
     monkeypatch.undo()
     changed = load_config(PRESETS["bes"], ["method.cam.model.backbone_options={stride_in_1x1: true}"])
     assert pipeline.fingerprints(METHODS["bes"].stages(changed), changed)["train_cam"][0] != now["train_cam"][0]
+
+
+def test_run_status_names_what_changed(synth, bes_run, capsys):
+    argv = ["run", str(PRESETS["bes"]), "--status"] + [a for o in overrides(synth, bes_run[0], ["method.walk.beta=4.0"])
+                                                       for a in ("--set", o)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train_cam              complete  [method.cam]" in out
+    assert "make_pseudo_masks      stale: method.walk.beta changed (5.0 → 4.0)" in out
+    assert "train_seg              stale: input stage make_pseudo_masks changed" in out

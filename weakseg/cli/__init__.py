@@ -114,6 +114,14 @@ def cmd_run(args) -> int:
     from weakseg.utils import dist as wdist
 
     cfg = load_config(args.config, args.set)
+    if args.status:
+        from weakseg.engine.pipeline import stage_status
+
+        for row in stage_status(cfg):
+            section = f"  [{row['section']}]" if row["section"] else ""
+            why = f": {row['why']}" if row["why"] else ""
+            print(f"{row['name']:22s} {row['state']}{why}{section}\n{'':22s} {row['doc']}")
+        return 0
     summary = run_pipeline(cfg, from_stage=args.from_stage, only=args.only, force=args.force)  # holds the lock
     if wdist.is_main():
         for name, info in summary.items():
@@ -163,12 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("run", help="run the stages of a multi-stage method (e.g. SBE/BES)")
+    p = sub.add_parser("run", help="run the stages of a multi-stage method (BES/SBE, CDSP, WebCoseg)")
     p.add_argument("config", help="preset YAML (configs/...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="start at this stage")
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
     p.add_argument("--force", action="store_true", help="redo the selected stages even if they are complete")
+    p.add_argument("--status", action="store_true", help="list the stages, whether each is complete, stale (and "
+                                                        "which value changed) or not run; runs nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint (mIoU, per-class IoU, report)")

@@ -204,6 +204,30 @@ def run_pipeline(cfg: Config, from_stage: str | None = None, only: list[str] | N
     return summary
 
 
+def stage_status(cfg: Config) -> list[dict]:
+    """For every stage of ``cfg``'s method: ``name``, ``kind``, ``state`` (complete | stale | unfinished | not run),
+    ``why`` (what changed, for stale or unfinished stages), ``section`` (a training stage's typed section) and
+    ``doc``. Reads the markers only; runs nothing."""
+    work_dir = resolve_work_dir(cfg)
+    stages = method_stages(cfg)
+    prints = fingerprints(stages, cfg)
+    rows = []
+    for stage in stages:
+        h, values, reads = prints[stage.name]
+        sdir = work_dir / stage.name
+        state, why = "not run", ""
+        if (sdir / DONE).exists():
+            old = load_json(sdir / DONE)
+            state, why = ("complete", "") if old.get("fingerprint") == h else ("stale", explain_change(old, values, reads))
+        elif (sdir / STARTED).exists():
+            old = load_json(sdir / STARTED)
+            state = "unfinished"
+            why = "resumes" if old.get("fingerprint") == h else "restarts: " + explain_change(old, values, reads)
+        rows.append({"name": stage.name, "kind": type(stage).__name__, "state": state, "why": why,
+                     "section": getattr(stage, "section", None), "doc": stage.doc})
+    return rows
+
+
 def _run_stage(stage, ctx: StageContext, fingerprint: tuple[str, dict, dict], force: bool) -> dict:
     h, values, reads = fingerprint
     sdir = ctx.dir(stage.name)
