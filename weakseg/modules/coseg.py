@@ -266,7 +266,10 @@ def _kmeans_elbow(samples: np.ndarray, cfg: CosegConfig, rng: np.random.Generato
 
     def fit(k: int) -> tuple[np.ndarray, float]:
         if k not in fits:
-            centres, labels = kmeans2(samples, k, iter=cfg.kmeans_iters, minit="++", rng=rng)
+            try:
+                centres, labels = kmeans2(samples, k, iter=cfg.kmeans_iters, minit="++", rng=rng)
+            except TypeError:  # scipy < 1.15 names the generator argument ``seed``
+                centres, labels = kmeans2(samples, k, iter=cfg.kmeans_iters, minit="++", seed=rng)
             fits[k] = centres, float(((samples - centres[labels]) ** 2).sum())
         return fits[k]
 
