@@ -21,11 +21,13 @@ Datasets and reference rows:
     horse  target: the 200 Weizmann horse training photos tagged "horse", val = the 60 val photos; web set: the
            same 200 training photos copied into <work>/horse-web/horse/ (their masks are never read). Network and
            budget of the BLPSeg ablation's horse rows (MobileNetV2 + PPM/UPerNet OS32, 192² crops, batch 8,
-           150 iterations); full supervision is trained here with exactly those settings, and BES runs with its
-           synthetic CPU preset moved onto the horses with the same final network and budget.
+           150 iterations). Full supervision: the BLPSeg ablation's horse row (benchmarks/results/
+           blpseg_ablation.json, seed 0, exactly these settings), or trained here with ``--rows full``. BES
+           (``--rows bes``) runs its synthetic CPU preset moved onto the horses with the same final network and
+           budget; with one foreground class in every image its CAM classifier has nothing to discriminate.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_webcoseg.py                           # both datasets, all rows
-    OMP_NUM_THREADS=1 python benchmarks/bench_webcoseg.py --datasets horse --rows webcoseg full
+    OMP_NUM_THREADS=1 python benchmarks/bench_webcoseg.py                       # WebCoseg on both datasets
+    OMP_NUM_THREADS=1 python benchmarks/bench_webcoseg.py --datasets horse --rows full bes   # horse references
 
 Results are merged into benchmarks/results/webcoseg.json after every row (a stopped run keeps what it measured;
 finished stages are reused on a re-run), the table goes to webcoseg.md and into README.md between
@@ -137,6 +139,17 @@ def metric(run_dir: Path, stage: str) -> float | None:
     return json.loads(path.read_text())["miou"] if path.exists() else None
 
 
+def stage_seconds(run_dir: Path) -> dict:
+    """{stage: seconds} from the stages' _done.json (the first, real run's times; a re-run that reuses a stage
+    keeps them)."""
+    out = {}
+    for done in sorted(run_dir.glob("*/_done.json")):
+        seconds = json.loads(done.read_text()).get("seconds")
+        if seconds is not None:
+            out[done.parent.name] = round(float(seconds), 1)
+    return out
+
+
 def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
     root, web, gt = prepare(dataset, work)
     run_dir = work / (f"{dataset}-webcoseg" + (f"-seed{seed}" if seed else ""))
@@ -145,13 +158,12 @@ def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
     if dataset == "synth":  # the horse preset's data.root is the shared dataset already
         sets.insert(0, f"data.root={root.resolve()}")
     cfg = load_config(PRESETS[dataset], sets)
-    t0 = time.time()
-    summary = run_pipeline(cfg)
-    seconds = {name: round(float(s.get("seconds", 0.0)), 1) for name, s in summary.items() if isinstance(s, dict)}
+    run_pipeline(cfg)
+    seconds = stage_seconds(run_dir)
     coseg = coseg_jaccard(run_dir, web, gt, len(json.loads((run_dir / "evaluate/metrics.json").read_text())["iou"]))
     return {"coseg": coseg, "init_val": metric(run_dir, "eval_init"),
             "estimated_train": metric(run_dir, "eval_estimated_masks"), "final_val": metric(run_dir, "evaluate"),
-            "stage_seconds": seconds, "minutes": (time.time() - t0) / 60, "overrides": sets}
+            "stage_seconds": seconds, "minutes": sum(seconds.values()) / 60, "overrides": sets}
 
 
 def run_full_horse(work: Path, seed: int) -> dict:
@@ -166,10 +178,55 @@ def run_full_horse(work: Path, seed: int) -> dict:
 def run_bes_horse(work: Path, seed: int) -> dict:
     run_dir = work / ("horse-bes" + (f"-seed{seed}" if seed else ""))
     sets = [*BES_HORSE, f"engine.work_dir={run_dir}", f"engine.seed={seed}", f"schedule.iters={ITERS['horse']}"]
-    t0 = time.time()
     run_pipeline(load_config(BES_SYNTH, sets))
     return {"cam_train": metric(run_dir, "eval_cam"), "estimated_train": metric(run_dir, "eval_pseudo_masks"),
-            "final_val": metric(run_dir, "evaluate"), "minutes": (time.time() - t0) / 60, "overrides": sets}
+            "final_val": metric(run_dir, "evaluate"), "minutes": sum(stage_seconds(run_dir).values()) / 60,
+            "overrides": sets}
+
+
+def horse_reference_row() -> dict | None:
+    """The BLPSeg ablation's horse full-supervision row (same network, 150 iterations), when it is there."""
+    path = ROOT / "benchmarks/results/blpseg_ablation.json"
+    row = json.loads(path.read_text()).get("horse/full supervision") if path.exists() else None
+    if not row or row.get("iters") != ITERS["horse"]:
+        return None
+    minutes = [s.get("minutes") for s in row.get("seeds", []) if s.get("minutes") is not None]
+    return {"dataset": "horse", "method": "full supervision", "final_val": row["miou"],
+            "seeds": [s["seed"] for s in row.get("seeds", [])], "source": str(path.relative_to(ROOT)),
+            "command": "python benchmarks/bench_blpseg_ablation.py --datasets horse --iters 150",
+            "minutes": minutes[0] if minutes else None}
+
+
+def run_bes_cam_horse(work: Path, seed: int, images: int = 80) -> dict:
+    """BES's CAM stages alone on the horses, reduced (the first ``images`` training photos, 3 CAM epochs, CAM
+    scales 1.0 / 0.5): what a tag-only method gets from single-tag data. Scored at the preset's threshold (eval_cam)
+    and, optimistically, at thresholds chosen with the ground truth."""
+    ids = (HORSES / "ImageSets/Segmentation/train.txt").read_text().split()[:images]
+    subset = work / f"horse_train{images}.txt"
+    if not subset.exists():
+        write_text_atomic(subset, "\n".join(ids) + "\n")
+    run_dir = work / ("horse-bes-cam" + (f"-seed{seed}" if seed else ""))
+    sets = [*BES_HORSE, f"data.train_list={subset.resolve()}", "method.cam.schedule.epochs=3",
+            "method.cam.scales=[1.0, 0.5]", f"engine.work_dir={run_dir}", f"engine.seed={seed}", "engine.threads=1",
+            "engine.stage_workers=1"]
+    run_pipeline(load_config(BES_SYNTH, sets), only=["train_cam", "make_cam", "eval_cam"])
+    conf = {t: np.zeros((2, 2)) for t in (0.15, 0.5, 0.7, 0.8, 0.9, 0.95)}
+    quantiles = []
+    for sid in ids:
+        cam = np.load(run_dir / "make_cam" / f"{sid}.npz", allow_pickle=False)["high_res"][0].astype(np.float32)
+        gt = read_label(HORSES / "SegmentationClass" / f"{sid}.png")
+        valid = gt != 255
+        quantiles.append(np.quantile(cam, [0.1, 0.5, 0.9]))
+        for t, cm in conf.items():
+            cm += np.bincount(gt[valid].astype(int) * 2 + (cam[valid] > t), minlength=4).reshape(2, 2)
+    sweep = {}
+    for t, cm in conf.items():
+        iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
+        sweep[str(t)] = {"miou": float(iou.mean()), "iou": iou.tolist()}
+    return {"cam_train": metric(run_dir, "eval_cam"), "cam_threshold_sweep": sweep, "images": len(ids),
+            "cam_quantiles_10_50_90": np.mean(quantiles, axis=0).tolist(),
+            "minutes": sum(stage_seconds(run_dir).values()) / 60,
+            "overrides": sets, "note": f"CAM stages only, {len(ids)} training photos, 3 CAM epochs, 2 scales"}
 
 
 def synth_reference_rows() -> dict:
@@ -210,7 +267,11 @@ def markdown_table(results: dict) -> str:
         coseg = f"{r['coseg']['J']:.1f}" if "coseg" in r else "–"
         est = pct(r.get("estimated_train"))
         if r.get("cam_train") is not None:
-            est += f" (CAM {pct(r['cam_train'])})"
+            est += f" (CAM {pct(r['cam_train'])}"
+            if r.get("cam_threshold_sweep"):  # the best threshold, chosen with the ground truth
+                t, best = max(r["cam_threshold_sweep"].items(), key=lambda kv: kv[1]["miou"])
+                est += f"; {pct(best['miou'])} at a GT-chosen threshold {t}"
+            est += ")"
         minutes = f"{r['minutes']:.1f}" if r.get("minutes") is not None else "–"
         lines.append(f"| {r['dataset']} | {r['method']} | {coseg} | {pct(r.get('init_val'))} | {est} | "
                      f"{pct(r.get('final_val'))} | {ratio} | {minutes} |")
@@ -228,8 +289,11 @@ def update_readme_table(readme: Path, table: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["synth", "horse"], choices=["synth", "horse"])
-    ap.add_argument("--rows", nargs="+", default=["webcoseg", "full", "bes"], choices=["webcoseg", "full", "bes"],
-                    help="horse rows to run (synth: webcoseg; its BES / SBE / full rows come from sbe_synth.json)")
+    ap.add_argument("--rows", nargs="+", default=["webcoseg"], choices=["webcoseg", "full", "bes", "bes-cam"],
+                    help="rows to run: webcoseg (both datasets); full, bes, bes-cam (horse: trained here; bes-cam = "
+                         "BES's CAM stages alone, reduced; without 'full' the "
+                         "horse full-supervision row is read from blpseg_ablation.json). The synthetic BES / SBE / "
+                         "full rows always come from sbe_synth.json")
     ap.add_argument("--seed", type=int, default=0, help="engine.seed of every run")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override of the WebCoseg runs (e.g. method.init.schedule.iters=300)")
@@ -260,14 +324,21 @@ def main() -> None:
             for name, row in ref.get("rows", {}).items():
                 save(f"synth/{name}", {"dataset": "synth", "method": name, "source": ref["source"], **row})
             continue
+        if "full" not in args.rows and "horse/full supervision" not in results["rows"]:
+            ref = horse_reference_row()
+            if ref is not None:
+                save("horse/full supervision", ref)
         if "full" in args.rows:
             save("horse/full supervision", {"dataset": "horse", "method": "full supervision", "seed": args.seed,
                                             **run_full_horse(work, args.seed)})
+        if "bes-cam" in args.rows:
+            save("horse/BES (CAM only)", {"dataset": "horse", "method": "BES (CAM only)", "seed": args.seed,
+                                          **run_bes_cam_horse(work, args.seed)})
         if "bes" in args.rows:
             save("horse/BES", {"dataset": "horse", "method": "BES", "seed": args.seed,
                                **run_bes_horse(work, args.seed)})
     order = [f"{d}/{m}" for d in ("synth", "horse")
-             for m in ("WebCoseg", "BES", "SBE", "SBE (oracle-ish saliency)", "full supervision")]
+             for m in ("WebCoseg", "BES", "BES (CAM only)", "SBE", "SBE (oracle-ish saliency)", "full supervision")]
     results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: order.index(kv[0])
                                   if kv[0] in order else len(order)))
     write_json_atomic(out.with_suffix(".json"), results)
