@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result = {
         "dataset": f"weizmann-horse, {len(ids)} photos as one class (masks used only for scoring)",
-        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_coseg.py" + (f" --limit {args.limit}" if args.limit else ""),
+        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_coseg.py"
+                   + (f" --limit {args.limit}" if args.limit else ""),
         "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

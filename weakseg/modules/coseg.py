@@ -221,7 +221,8 @@ def _load(image: np.ndarray | str | os.PathLike) -> np.ndarray:
         return read_rgb(Path(image))
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
-        raise ValueError(f"images must be H×W×3 uint8 RGB arrays or paths, got shape {image.shape} dtype {image.dtype}")
+        raise ValueError(f"images must be H×W×3 uint8 RGB arrays or paths, got shape {image.shape} "
+                         f"dtype {image.dtype}")
     return image
 
 
@@ -301,8 +302,8 @@ def _weighted_mean(desc: list[np.ndarray], weights: list[np.ndarray]) -> np.ndar
 def fuse_scores(saliency: np.ndarray, grid: np.ndarray, cfg: CosegConfig) -> np.ndarray:
     """Pixel foreground score from h×w saliency and the h×w upsampled co-segmentation grid score (both in [0, 1]).
 
-    ``fusion`` "linear": w·S + (1 − w)·G with w = ``saliency_weight``. "logit": σ(w·logit(S) + (1 − w)·logit(G)),
-    both clipped to [``score_clip``, 1 − ``score_clip``] first: where saliency is confident (U²-Net-p is nearly
+    With w = ``saliency_weight``, ``fusion`` "linear" gives w·S + (1 − w)·G and "logit" gives
+    σ(w·logit(S) + (1 − w)·logit(G)), both clipped to [``score_clip``, 1 − ``score_clip``] first: where saliency is confident (U²-Net-p is nearly
     binary) its sharp edges decide, where it hesitates the shared-object evidence does.
     """
     if cfg.fusion == "linear":
