@@ -303,8 +303,9 @@ def fuse_scores(saliency: np.ndarray, grid: np.ndarray, cfg: CosegConfig) -> np.
     """Pixel foreground score from h×w saliency and the h×w upsampled co-segmentation grid score (both in [0, 1]).
 
     With w = ``saliency_weight``, ``fusion`` "linear" gives w·S + (1 − w)·G and "logit" gives
-    σ(w·logit(S) + (1 − w)·logit(G)), both clipped to [``score_clip``, 1 − ``score_clip``] first: where saliency is confident (U²-Net-p is nearly
-    binary) its sharp edges decide, where it hesitates the shared-object evidence does.
+    σ(w·logit(S) + (1 − w)·logit(G)), S and G clipped to [``score_clip``, 1 − ``score_clip``] first: where
+    saliency is confident (U²-Net-p is nearly binary) its sharp edges decide, where it hesitates the shared-object
+    evidence does.
     """
     if cfg.fusion == "linear":
         return cfg.saliency_weight * saliency + (1.0 - cfg.saliency_weight) * grid
