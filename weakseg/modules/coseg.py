@@ -21,9 +21,10 @@ descriptors", 2021), with an ImageNet CNN instead of a ViT (see ../shared/spec/c
 6. **Shared-object prototype**: the saliency-weighted mean descriptor of the foreground clusters against the
    (1 − saliency)-weighted mean of the background clusters; σ((cos_fg − cos_bg)/``proto_tau``) per location,
    blended with the cluster decision. A salient object that is not shared (a rider, a hand) scores low here.
-7. **Refinement** at ≤ ``max_side`` pixels: p = w_g·upsampled grid score + w_s·saliency, a two-label dense CRF,
-   components smaller than ``min_component`` of the image removed, holes filled, and a band of ``unsure_band``
-   pixels around the boundary set to 255.
+7. **Refinement** at ≤ ``max_side`` pixels: the saliency and the upsampled grid score fused per pixel
+   (:func:`fuse_scores`, logit fusion by default), a two-label dense CRF, components smaller than
+   ``min_component`` of the image removed, holes optionally filled, and a band of ``unsure_band`` pixels on each
+   side of the boundary set to 255.
 
 Masks are H×W uint8: 0 background, ``class_id`` on the object, 255 unsure. Everything is deterministic for a seed
 (the k-means sample and initialisation are the only random draws). :class:`CosegModels` holds the two networks so
