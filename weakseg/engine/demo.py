@@ -465,7 +465,10 @@ def update_readme(readme: Path, setting: str, table: str, per_class: str) -> Non
         raise ValueError(f"{readme}: no {README_START} … {README_END} section to write the demo table into")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    body = "\n".join([README_START, setting, "", table, per_class.rstrip(), README_END])
+    import textwrap
+
+    wrapped = textwrap.fill(setting, width=120, break_long_words=False, break_on_hyphens=False)
+    body = "\n".join([README_START, wrapped, "", table, per_class.rstrip(), README_END])
     write_text_atomic(readme, head + body + tail)
 
 
