@@ -272,7 +272,8 @@ def run_demo(out: Path, quick: bool = False, readme: Path | None = None) -> Path
     for name in dict.fromkeys(["demo"] + [e.data for e in entries]):
         if name not in DEMO_DATA:
             raise KeyError(f"demo entry data {name!r} is not one of {sorted(DEMO_DATA)}")
-        root = out / "data" if name == "demo" else out / f"data_{name}"
+        # --quick makes fewer images: its own folder, so that a later full demo in the same --out does not reuse them
+        root = out / (("data" if name == "demo" else f"data_{name}") + ("_quick" if quick else ""))
         if not (root / "ImageSets" / "Segmentation" / "val.txt").exists():
             t0 = time.time()
             if wdist.is_main():
