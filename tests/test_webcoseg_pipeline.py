@@ -3,10 +3,12 @@ the built-in co-segmentation per class, the initial generator with best-snapshot
 (tags respected), the two-branch final model, eval / export; and ready-made web masks instead of the co-segmentation."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from weakseg.cli import main
 from weakseg.engine.config import load_config
@@ -90,3 +92,56 @@ def test_ready_made_masks_replace_the_cosegmentation(data, tmp_path):
     from weakseg.methods import METHODS
 
     assert "cosegment" not in [s.name for s in METHODS["webcoseg"].stages(cfg)]
+
+
+class _FixedNet(torch.nn.Module):
+    """Returns given seg (N×C×h×w) and global (N×C) logits whatever the input."""
+
+    def __init__(self, seg, g):
+        super().__init__()
+        self.seg, self.g = seg, g
+
+    def forward(self, images):
+        return {"seg": self.seg, "global": self.g, "fused": self.seg + self.g[:, :, None, None]}
+
+
+def test_final_loss_is_fused_ce_plus_summed_bce_per_image():
+    from weakseg.data import keys as K
+    from weakseg.methods.webcoseg import WebCoseg, WebCosegConfig
+
+    method = WebCoseg.__new__(WebCoseg)  # the loss only: no backbone to build
+    torch.nn.Module.__init__(method)
+    method.cfg, method.num_classes = WebCosegConfig(global_weight=1.0), 2
+    from weakseg.losses.partial_ce import PartialCrossEntropy
+
+    method.loss_seg = PartialCrossEntropy()
+    # 2 images, 1×2 pixels each; s = 0, g = (ln 3, 0): fused softmax = (3/4, 1/4) at every pixel
+    seg = torch.zeros(2, 2, 1, 2)
+    g = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0]])
+    method.model = _FixedNet(seg, g)
+    target = torch.tensor([[[0, 1]], [[0, 255]]])  # 3 labelled pixels: classes 0, 1, 0
+    tags = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    losses = method.training_step({K.IMAGE: torch.zeros(2, 3, 1, 2), K.PSEUDO: target, K.TAGS: tags}, 0)
+    ce = (2 * -math.log(0.75) - math.log(0.25)) / 3  # mean over labelled pixels
+    # BCE summed over classes, averaged over images: σ(ln 3) = 3/4, σ(0) = 1/2
+    bce = ((-math.log(0.75) - math.log(0.5)) + (-math.log(0.75) - math.log(0.5))) / 2
+    assert losses["loss_seg"].item() == pytest.approx(ce, rel=1e-5)
+    assert losses["loss_global"].item() == pytest.approx(bce, rel=1e-5)
+
+
+def test_two_branch_net_fuses_and_owns_a_separate_copy_of_the_last_stages():
+    from weakseg.models.webcoseg_net import WebCosegNet
+
+    torch.manual_seed(0)
+    net = WebCosegNet("mobilenet_v2", "largefov", 3, pretrained=None, output_stride=16,
+                      head_kwargs={"channels": 16, "dilation": 2}, global_branch=True, global_channels=8).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 64, 64))
+    assert out["global"].shape == (2, 3)
+    torch.testing.assert_close(out["fused"], out["seg"] + out["global"][:, :, None, None])
+    seg_ids = {id(p) for p in net.backbone.parameters()}
+    assert not seg_ids & {id(p) for p in net.global_branch.parameters()}  # own weights, not shared
+    groups = net.param_groups()
+    grouped = [id(p) for ps in groups.values() for p in ps]
+    # every parameter in exactly one optimiser group (the copied stages too: the shared ones are Identity there)
+    assert len(grouped) == len(set(grouped)) and set(grouped) == {id(p) for p in net.parameters()}
