@@ -84,12 +84,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     import time
 
     from weakseg.data.synth import generate_synth
+    from weakseg.data.synth_demo import generate_synth_demo
+    from weakseg.data.synth_web import generate_synth_web
 
+    # variant → (generator, default number of images, default side)
+    variants = {"bench": (generate_synth, 1000, 128), "demo": (generate_synth_demo, 400, 64),
+                "web": (generate_synth_web, 700, 128)}
+    generate, num, size = variants[args.variant]
+    num, size = args.num or num, args.size or size
     t0 = time.perf_counter()
-    info = generate_synth(args.out, num_images=args.num, size=args.size, seed=args.seed,
-                          val_fraction=args.val_fraction)
-    print(f"synth: {info['num_train']} train + {info['num_val']} val images of {args.size}x{args.size} "
-          f"(seed {args.seed}) in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    info = generate(args.out, num_images=num, size=size, seed=args.seed, val_fraction=args.val_fraction)
+    print(f"synth: {info['num_train']} train + {info['num_val']} val images of {size}x{size} "
+          f"(variant {args.variant}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
 
 
@@ -283,10 +289,14 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("synth", help="generate the synthetic scribble benchmark")
     p.add_argument("--out", required=True, help="output dataset root")
-    p.add_argument("--num", type=int, default=1000, help="number of images")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--num", type=int, default=None, help="number of images (default: bench 1000, demo 400)")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: bench 128, demo 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--variant", choices=("bench", "demo", "web"), default="bench",
+                   help="bench: the hard benchmark (ablations); demo: fewer, larger objects that identify their class "
+                        "by shape, colour and texture (learnt in a minute; `weakseg demo`); web: a web image set "
+                        "(one class per image, clutter, off-topic images; masks for scoring only; default 700)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("web", help="index a web image set (class folders or flat <class>_<n> names) into a list")

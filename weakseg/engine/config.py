@@ -134,10 +134,6 @@ class EvalConfig:
     long_side: int = 512  # base long side of resize: long_side
     pad: str = "corner"  # sliding-window padding of small images: corner (bottom/right) | center (CDSP)
     align_corners: bool = False  # bilinear resize of the predictions back to the image size
-    resize: str = "scale"  # scale (each side × s) | long_side (long side = round(long_side · s), CDSP)
-    long_side: int = 512  # base long side of resize: long_side
-    pad: str = "corner"  # sliding-window padding of small images: corner (bottom/right) | center (CDSP)
-    align_corners: bool = False  # bilinear resize of the predictions back to the image size
     image_resize: str = "bilinear"  # interpolation of the test-scale image rescale: bilinear | bicubic (BLPSeg)
     crf: str | None = None  # CRF preset name (None = off)
     absent: str = "zero"  # absent-class policy for mIoU: zero | nan
@@ -376,8 +372,6 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         "eval.mode": (cfg.eval.mode, ("whole", "slide")),
         "eval.resize": (cfg.eval.resize, ("scale", "long_side")),
         "eval.pad": (cfg.eval.pad, ("corner", "center")),
-        "eval.resize": (cfg.eval.resize, ("scale", "long_side")),
-        "eval.pad": (cfg.eval.pad, ("corner", "center")),
         "eval.absent": (cfg.eval.absent, ("zero", "nan")),
         "model.norm": (cfg.model.norm, ("bn", "syncbn", "frozen_bn", "gn")),
         "data.tags_source": (cfg.data.tags_source, ("label", "scribble", "xml", "file")),
@@ -393,7 +387,6 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         "schedule.iters": cfg.schedule.iters,
         "eval.crop_size": cfg.eval.crop_size,
         "eval.stride": cfg.eval.stride,
-        "eval.long_side": cfg.eval.long_side,
         "eval.long_side": cfg.eval.long_side,
         "eval.batch_size": cfg.eval.batch_size,
     }

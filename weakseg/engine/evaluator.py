@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from weakseg.data.meta import DatasetMeta
 from weakseg.engine.amp import autocast
@@ -150,12 +149,7 @@ def evaluate(method, dataset, ev, meta: DatasetMeta, out_dir: Path, device: torc
         bar.close()
 
     n_images = torch.tensor([len(indices)], dtype=torch.int64)
-    if wdist.is_distributed():
-        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        for t in (conf.mat, conf.abstained, n_images):
-            buf = t.to(backend_device)
-            dist.all_reduce(buf)
-            t.copy_(buf.cpu())
+    wdist.all_reduce_sum(conf.mat, conf.abstained, n_images, device=device)
     metrics = conf.compute(absent=ev.absent)
     metrics["images"] = int(n_images.item())
     metrics["classes"] = list(meta.classes)
