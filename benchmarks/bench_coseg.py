@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from weakseg.modules.coseg import CosegConfig, CosegModels, cosegment_class, saliency_masks  # noqa: E402
 from weakseg.utils.io import read_label, read_rgb, write_json_atomic, write_text_atomic  # noqa: E402
+from weakseg.utils.machine import cpu_name  # noqa: E402
 
 HORSE = ROOT.parent / "shared" / "data" / "weizmann-horse"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "coseg"
@@ -71,16 +71,6 @@ def scores(pred: list[np.ndarray], gt: list[np.ndarray]) -> dict:
         j.append((a & b).sum() / union if union else 1.0)
         p.append((a == b).mean())
     return {"J": 100 * float(np.mean(j)), "P": 100 * float(np.mean(p)), "per_image_J": [round(float(x), 4) for x in j]}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -233,14 +232,10 @@ def machine() -> dict:
 
     from weakseg.engine.amp import cpu_auto_dtype
 
-    model = platform.processor()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from weakseg.utils.machine import cpu_name
+
     dtype, reason = cpu_auto_dtype()
-    info = {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu_amp_auto": reason}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

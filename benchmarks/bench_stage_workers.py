@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 from pathlib import Path
@@ -24,20 +23,11 @@ from weakseg.data.synth import generate_synth
 from weakseg.engine.config import load_config
 from weakseg.engine.pipeline import run_pipeline
 from weakseg.utils.io import write_json_atomic, write_text_atomic
+from weakseg.utils.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs/bes/bes_mnv2-os16_b16-8e_synth-128.yaml"
 STAGES = ["make_cam", "make_boundary_labels", "make_pseudo_masks"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -85,7 +75,7 @@ def main() -> None:
             one, many = statistics.median(seconds[1][stage]), statistics.median(seconds[args.workers][stage])
         rows[stage] = {"seconds_1": one, f"seconds_{args.workers}": many, "speedup": one / many}
     load = os.getloadavg()
-    info = {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in load],
+    info = {"cpu": cpu_name(), "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in load],
             "images": len((root / "ImageSets/Segmentation/train.txt").read_text().split()),
             "workers": args.workers, "repeats": args.repeats, "rows": rows, "raw_seconds": seconds,
             "identical_outputs": identical}
