@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from weakseg.cli import main
-from weakseg.data.synth_demo import DEMO_CLASSES, generate_synth_demo, render_demo_image
+from weakseg.data.synth_demo import (DEMO_CLASSES, generate_synth_demo, generate_synth_demo_web, render_demo_image,
+                                     render_demo_web_image)
 from weakseg.engine import demo
 from weakseg.engine.report import markdown_table_html, svg_bar_chart, tag_picture
 from weakseg.utils.io import read_label
@@ -46,6 +47,43 @@ def test_demo_generator_writes_the_benchmark_layout_deterministically(tmp_path):
         marked = scrib != 255
         assert marked.any() and np.array_equal(scrib[marked], label[marked])  # strokes never leave their class
     assert (tmp_path / "a" / "classes.txt").read_text().split() == list(DEMO_CLASSES)
+
+
+def test_demo_web_images_show_only_their_class():
+    rng = np.random.default_rng(5)
+    for cls in range(1, len(DEMO_CLASSES)):
+        image, mask = render_demo_web_image(cls, 64, rng)
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        assert set(np.unique(mask).tolist()) == {0, cls} and (mask == cls).mean() > 0.03
+        _, empty = render_demo_web_image(cls, 64, rng, off_topic=True)
+        assert not empty.any()
+
+
+def test_demo_web_set_is_indexed_as_a_folders_web_set(tmp_path):
+    from weakseg.data.meta import DatasetMeta
+    from weakseg.data.web import index_web_images
+
+    a = generate_synth_demo_web(tmp_path / "a", num_images=10, size=48, seed=1, noise_fraction=0.5)
+    generate_synth_demo_web(tmp_path / "b", num_images=10, size=48, seed=1, noise_fraction=0.5)
+    assert a["num_train"] == 10 and 0 < a["off_topic"] < 10
+    for f in sorted((tmp_path / "a" / "web").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+    meta = DatasetMeta(tuple((tmp_path / "a" / "classes.txt").read_text().split()))
+    summary = index_web_images(tmp_path / "a" / "web", meta, layout="folders", out=None)
+    assert summary.per_class == {c: 2 for c in range(1, len(DEMO_CLASSES))}
+
+
+def test_every_demo_preset_loads_with_the_demo_overrides(tmp_path):
+    """Each entry's preset validates with the overrides `weakseg demo` gives it; WebCoseg gets the web set's root."""
+    for entry in demo.DEMO_ENTRIES:
+        web = tmp_path / "data_web" if entry.web else None
+        overrides = demo.entry_overrides(entry, tmp_path, tmp_path / "data", tmp_path / "data", False, web)
+        cfg = demo.load_config(demo.configs_dir() / entry.preset, overrides)
+        assert cfg.method.name == entry.key and cfg.schedule.iters == 200
+        if entry.web:
+            assert cfg.method.web.root == str((tmp_path / "data_web" / "web").resolve())
+    assert [e.key for e in demo.DEMO_ENTRIES][0] == "full"
+    assert set(demo.DEMO_DATA) >= {e.data for e in demo.DEMO_ENTRIES} | {e.web for e in demo.DEMO_ENTRIES if e.web}
 
 
 def test_data_synth_cli_variant_demo(tmp_path, capsys):

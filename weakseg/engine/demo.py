@@ -57,6 +57,8 @@ class DemoEntry:
         weight: expected run time relative to full supervision (only the progress bar's ETA uses it).
         quick: run by ``weakseg demo --quick`` too.
         data: which demo dataset it trains on (a key of :data:`DEMO_DATA`; evaluation is always on ``demo``).
+        web: a key of :data:`DEMO_DATA` whose ``web/`` folder is the entry's ``method.web.root`` (WebCoseg's web
+            images), or empty.
     """
 
     key: str
@@ -70,6 +72,7 @@ class DemoEntry:
     weight: float = 1.0
     quick: bool = False
     data: str = "demo"
+    web: str = ""
 
 
 # Multi-stage entries name their last training stage's checkpoint and the pipeline's `evaluate` stage.
@@ -78,12 +81,19 @@ DEMO_ENTRIES: tuple[DemoEntry, ...] = (
     DemoEntry("full", "full supervision", "demo/full.yaml", "train", "masks", weight=1.0, quick=True),
     DemoEntry("partial_ce", "partial CE", "demo/partial_ce.yaml", "train", "scribbles", weight=1.0, quick=True),
     DemoEntry("blpseg", "BLPSeg", "demo/blpseg.yaml", "train", "scribbles", weight=1.8),
+    DemoEntry("cdsp", "CDSP", "demo/cdsp.yaml", "pipeline", "scribbles", checkpoint="train_seg/model_final.pth",
+              metrics="evaluate/metrics.json", predictions="evaluate/predictions", weight=2.5),
     DemoEntry("bes", "BES", "demo/bes.yaml", "pipeline", "tags", checkpoint="train_seg/model_final.pth",
               metrics="evaluate/metrics.json", predictions="evaluate/predictions", weight=2.5),
+    DemoEntry("webcoseg", "WebCoseg", "demo/webcoseg.yaml", "pipeline", "tags + web images",
+              checkpoint="train_seg/model_final.pth", metrics="evaluate/metrics.json",
+              predictions="evaluate/predictions", weight=2.5, web="web"),
 )
 
 #: demo data size: (images, side); --quick uses fewer images
 DEMO_IMAGES, DEMO_QUICK_IMAGES, DEMO_SIZE = 400, 120, 64
+#: web images of the demo classes (WebCoseg): the full demo's and --quick's
+DEMO_WEB_IMAGES, DEMO_QUICK_WEB_IMAGES = 250, 50
 #: --quick: training iterations of every quick entry. Full supervision and partial CE only: at 60 iterations dense
 #: masks lead scribbles by ~9 mIoU (78.8 vs 70.0 measured), while BLPSeg, which learns fast from scribbles, was
 #: measured at 80.4, above full supervision's 78.8: it would make the smoke test's "full on top" check a coin toss.
@@ -96,8 +106,17 @@ def _generate_demo(root: Path, quick: bool) -> None:
     generate_synth_demo(root, num_images=DEMO_QUICK_IMAGES if quick else DEMO_IMAGES, size=DEMO_SIZE, seed=0)
 
 
-#: dataset name → generator(root, quick); an entry's ``data`` names one (a web-image variant joins here)
-DEMO_DATA: dict[str, Callable[[Path, bool], None]] = {"demo": _generate_demo}
+def _generate_web(root: Path, quick: bool) -> None:
+    from weakseg.data.synth_demo import generate_synth_demo_web
+
+    generate_synth_demo_web(root, num_images=DEMO_QUICK_WEB_IMAGES if quick else DEMO_WEB_IMAGES, size=DEMO_SIZE,
+                            seed=0)
+
+
+#: dataset name → generator(root, quick); an entry's ``data`` or ``web`` names one
+DEMO_DATA: dict[str, Callable[[Path, bool], None]] = {"demo": _generate_demo, "web": _generate_web}
+#: the file each generator writes last (a dataset whose marker exists is not generated again)
+_DATA_DONE = {"demo": Path("ImageSets/Segmentation/val.txt"), "web": Path("README.txt")}
 
 
 def configs_dir() -> Path:
@@ -269,12 +288,12 @@ def run_demo(out: Path, quick: bool = False, readme: Path | None = None) -> Path
     entries = select_entries(quick)
     data_roots: dict[str, Path] = {}
     data_seconds = 0.0
-    for name in dict.fromkeys(["demo"] + [e.data for e in entries]):
+    for name in dict.fromkeys(["demo"] + [e.data for e in entries] + [e.web for e in entries if e.web]):
         if name not in DEMO_DATA:
             raise KeyError(f"demo entry data {name!r} is not one of {sorted(DEMO_DATA)}")
         # --quick makes fewer images: its own folder, so that a later full demo in the same --out does not reuse them
         root = out / (("data" if name == "demo" else f"data_{name}") + ("_quick" if quick else ""))
-        if not (root / "ImageSets" / "Segmentation" / "val.txt").exists():
+        if not (root / _DATA_DONE.get(name, Path("ImageSets/Segmentation/val.txt"))).exists():
             t0 = time.time()
             if wdist.is_main():
                 DEMO_DATA[name](root, quick)
@@ -297,8 +316,11 @@ def run_demo(out: Path, quick: bool = False, readme: Path | None = None) -> Path
                              total_seconds=total, readme=readme)
 
 
-def entry_overrides(entry: DemoEntry, out: Path, data_root: Path, val_root: Path, quick: bool) -> list[str]:
+def entry_overrides(entry: DemoEntry, out: Path, data_root: Path, val_root: Path, quick: bool,
+                    web_root: Path | None = None) -> list[str]:
     overrides = [f"data.root={data_root}", f"engine.work_dir={out / entry.key}"]
+    if web_root is not None:
+        overrides.append(f"method.web.root={(web_root / 'web').resolve()}")
     if data_root != val_root:  # trained on another dataset (web images): evaluated on the demo's val split
         overrides.append(f"data.val_list={(val_root / 'ImageSets' / 'Segmentation' / 'val.txt').resolve()}")
     if quick:
@@ -314,7 +336,8 @@ def _run_entry(index: int, entry: DemoEntry, out: Path, data_roots: dict[str, Pa
     if entry.kind not in ("train", "pipeline"):
         raise ValueError(f"demo entry {entry.key}: kind must be train or pipeline, got {entry.kind!r}")
     cfg = load_config(configs_dir() / entry.preset,
-                      entry_overrides(entry, out, data_roots[entry.data], data_roots["demo"], quick))
+                      entry_overrides(entry, out, data_roots[entry.data], data_roots["demo"], quick,
+                                      data_roots[entry.web] if entry.web else None))
     work = out / entry.key
     record_path = work / "demo_entry.json"
     h = config_hash(to_dict(cfg))
