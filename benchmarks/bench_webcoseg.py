@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from weakseg.data.web import read_web_list  # noqa: E402
 from weakseg.engine.config import load_config  # noqa: E402
-from weakseg.engine.pipeline import run_pipeline  # noqa: E402
+from weakseg.engine.pipeline import method_stages, run_pipeline  # noqa: E402
 from weakseg.engine.trainer import train  # noqa: E402
 from weakseg.utils.io import read_label, write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -150,7 +150,9 @@ def stage_seconds(run_dir: Path) -> dict:
     return out
 
 
-def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
+def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str], save) -> dict:
+    """Run the pipeline a group of stages at a time, calling ``save(row)`` after each group so that a run stopped
+    later keeps the figures measured so far (``row["complete"]`` tells whether the final model was evaluated)."""
     root, web, gt = prepare(dataset, work)
     run_dir = work / (f"{dataset}-webcoseg" + (f"-seed{seed}" if seed else ""))
     sets = [f"method.web.root={web.resolve()}", f"engine.work_dir={run_dir}", f"engine.seed={seed}",
@@ -158,12 +160,26 @@ def run_webcoseg(dataset: str, work: Path, seed: int, extra: list[str]) -> dict:
     if dataset == "synth":  # the horse preset's data.root is the shared dataset already
         sets.insert(0, f"data.root={root.resolve()}")
     cfg = load_config(PRESETS[dataset], sets)
-    run_pipeline(cfg)
-    seconds = stage_seconds(run_dir)
-    coseg = coseg_jaccard(run_dir, web, gt, len(json.loads((run_dir / "evaluate/metrics.json").read_text())["iou"]))
-    return {"coseg": coseg, "init_val": metric(run_dir, "eval_init"),
-            "estimated_train": metric(run_dir, "eval_estimated_masks"), "final_val": metric(run_dir, "evaluate"),
-            "stage_seconds": seconds, "minutes": sum(seconds.values()) / 60, "overrides": sets}
+    names = [s.name for s in method_stages(cfg)]
+    groups = [["index_web", "cosegment"], ["train_init", "eval_init"], ["estimate_masks", "eval_estimated_masks"],
+              ["train_seg", "evaluate"]]
+    row: dict = {"overrides": sets}
+    for group in groups:
+        run_pipeline(cfg, only=[n for n in group if n in names])
+        if "cosegment" in group and "cosegment" in names:
+            row["coseg"] = coseg_jaccard(run_dir, web, gt, len(read_classes(cfg)))
+        row.update(init_val=metric(run_dir, "eval_init"), estimated_train=metric(run_dir, "eval_estimated_masks"),
+                   final_val=metric(run_dir, "evaluate"), stage_seconds=stage_seconds(run_dir),
+                   complete=metric(run_dir, "evaluate") is not None)
+        row["minutes"] = sum(row["stage_seconds"].values()) / 60
+        save(row)
+    return row
+
+
+def read_classes(cfg) -> list[str]:
+    from weakseg.data.dataset import meta_from_root
+
+    return list(meta_from_root(cfg.data.root).classes)
 
 
 def run_full_horse(work: Path, seed: int) -> dict:
@@ -273,8 +289,20 @@ def markdown_table(results: dict) -> str:
                 est += f"; {pct(best['miou'])} at a GT-chosen threshold {t}"
             est += ")"
         minutes = f"{r['minutes']:.1f}" if r.get("minutes") is not None else "–"
-        lines.append(f"| {r['dataset']} | {r['method']} | {coseg} | {pct(r.get('init_val'))} | {est} | "
+        method = r["method"] + (" (stopped before the final model)" if r.get("complete") is False else "")
+        if r.get("source"):
+            method += f" [{Path(r['source']).name}]"
+        lines.append(f"| {r['dataset']} | {method} | {coseg} | {pct(r.get('init_val'))} | {est} | "
                      f"{pct(r.get('final_val'))} | {ratio} | {minutes} |")
+    env = results.get("environment", {})
+    lines += ["", f"mIoU in %, seed {env.get('seed', 0)}; co-seg J = mean foreground IoU of the co-segmentation masks "
+              "against the web images' own masks, on the pixels they decide (the 255 band left out); initial "
+              "generator = the snapshot selected on held-out training images, on val; estimated masks on the "
+              "training split; rows in [brackets] are read from that results file (same data, final network, recipe "
+              "and budget); minutes = the stages' own times on the shared 2-core VM (torch "
+              f"{env.get('torch', '?')}, {env.get('threads', 1)} thread, load average about "
+              f"{env.get('load_average', 0):.0f}). `python benchmarks/bench_webcoseg.py`, details in "
+              "benchmarks/results/webcoseg.json and docs/webcoseg.md."]
     return "\n".join(lines) + "\n"
 
 
@@ -317,8 +345,8 @@ def main() -> None:
 
     for dataset in args.datasets:
         if "webcoseg" in args.rows:
-            save(f"{dataset}/WebCoseg", {"dataset": dataset, "method": "WebCoseg", "seed": args.seed,
-                                         **run_webcoseg(dataset, work, args.seed, args.set)})
+            head = {"dataset": dataset, "method": "WebCoseg", "seed": args.seed}
+            run_webcoseg(dataset, work, args.seed, args.set, lambda row: save(f"{dataset}/WebCoseg", {**head, **row}))
         if dataset == "synth":
             ref = synth_reference_rows()
             for name, row in ref.get("rows", {}).items():
