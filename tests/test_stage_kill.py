@@ -75,3 +75,18 @@ def test_killed_per_image_stage_resumes_to_the_same_outputs(tmp_path):
     assert len(names) == 10 and sorted(p.name for p in stage.glob("*.npz")) == names
     for name in names:
         assert (stage / name).read_bytes() == (ref / "make_cam" / name).read_bytes(), name
+
+
+def test_npz_artefacts_are_a_function_of_their_arrays(tmp_path):
+    """No time stamp in the file: the same arrays written a few seconds apart give the same bytes."""
+    import time
+
+    from weakseg.utils.io import load_npz, save_npz_atomic
+
+    arrays = {"cams": np.random.default_rng(0).random((2, 3, 4)).astype(np.float16), "keys": np.arange(2)}
+    save_npz_atomic(tmp_path / "a.npz", **arrays)
+    time.sleep(2.1)  # zip time stamps have a 2 s resolution
+    save_npz_atomic(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    back = load_npz(tmp_path / "a.npz")
+    assert list(back) == ["cams", "keys"] and all(np.array_equal(back[k], v) for k, v in arrays.items())

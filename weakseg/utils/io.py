@@ -83,9 +83,20 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Save named arrays to a compressed ``.npz`` (read back with ``np.load(path, allow_pickle=False)``)."""
+    """Save named arrays to a compressed ``.npz`` (read back with ``np.load(path, allow_pickle=False)``).
+
+    The file is a function of the arrays alone: entries in the given order with a fixed zip time stamp (numpy's
+    own ``savez`` stamps the current time), so a re-run or a resumed stage writes the same bytes."""
+    import zipfile
+
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue())
     write_bytes_atomic(path, buf.getvalue())
 
 
