@@ -22,7 +22,8 @@ TINY = {
     "sbe": (["model.head=deeplabv2", "model.head_kwargs={rates: [1, 2]}"], ()),
     "cdsp": (["model.head=aspp_c", "model.output_stride=16", "model.head_kwargs={rates: [1, 2, 3]}"],
              (K.DIST_SCRIBBLE, K.DIST_PSEUDO)),
-    "webcoseg": (["model.head=largefov", "model.output_stride=16", "model.head_kwargs={channels: 32, dilation: 2}"], ()),
+    "webcoseg": (["model.head=largefov", "model.output_stride=16", "model.head_kwargs={channels: 32, dilation: 2}"],
+                 ()),
 }
 
 

@@ -308,7 +308,8 @@ def test_changed_value_reruns_exactly_the_downstream_stages(synth, bes_run, tmp_
                                                "method.cam.optim.lr=2.0e-4"]))
     again = {name: (work / name / "_done.json").stat().st_mtime_ns for name in BES_STAGES}
     assert all(again[n] != after[n] for n in BES_STAGES)
-    assert "stage train_cam: re-running: method.cam.optim.lr changed (0.0001 → 0.0002)" in (work / "run.log").read_text()
+    log = (work / "run.log").read_text()
+    assert "stage train_cam: re-running: method.cam.optim.lr changed (0.0001 → 0.0002)" in log
 
 
 def test_per_image_stage_workers_give_the_same_artefacts(synth, bes_run, tmp_path):

@@ -218,7 +218,8 @@ def stage_status(cfg: Config) -> list[dict]:
         state, why = "not run", ""
         if (sdir / DONE).exists():
             old = load_json(sdir / DONE)
-            state, why = ("complete", "") if old.get("fingerprint") == h else ("stale", explain_change(old, values, reads))
+            fresh = old.get("fingerprint") == h
+            state, why = ("complete", "") if fresh else ("stale", explain_change(old, values, reads))
         elif (sdir / STARTED).exists():
             old = load_json(sdir / STARTED)
             state = "unfinished"

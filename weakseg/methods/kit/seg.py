@@ -40,7 +40,8 @@ def train_seg_stage(cls, masks_from: str, name: str = "train_seg", dataset: Call
     """
 
     def default_dataset(ctx: StageContext):
-        return ctx.dataset(supervision="pseudo", pseudo_dir=ctx.dir(masks_from), transform=run_train_transforms(ctx.cfg))
+        return ctx.dataset(supervision="pseudo", pseudo_dir=ctx.dir(masks_from),
+                           transform=run_train_transforms(ctx.cfg))
 
     def build(ctx: StageContext) -> TrainJob:
         return TrainJob(build_final_method(ctx, cls, pretrained=True), (dataset or default_dataset)(ctx))
