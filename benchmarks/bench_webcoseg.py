@@ -147,6 +147,10 @@ def stage_seconds(run_dir: Path) -> dict:
         seconds = json.loads(done.read_text()).get("seconds")
         if seconds is not None:
             out[done.parent.name] = round(float(seconds), 1)
+    classes = sorted((run_dir / "cosegment").glob("class_*.json"))
+    if classes:  # a resumed co-segmentation's _done.json times only its last part: sum the classes' own times
+        out["cosegment"] = round(sum(json.loads(p.read_text())["seconds_per_image"]["total"] *
+                                     json.loads(p.read_text())["images"] for p in classes), 1)
     return out
 
 
