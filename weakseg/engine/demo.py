@@ -93,7 +93,7 @@ DEMO_ENTRIES: tuple[DemoEntry, ...] = (
 #: demo data size: (images, side); --quick uses fewer images
 DEMO_IMAGES, DEMO_QUICK_IMAGES, DEMO_SIZE = 400, 120, 64
 #: web images of the demo classes (WebCoseg): the full demo's and --quick's
-DEMO_WEB_IMAGES, DEMO_QUICK_WEB_IMAGES = 250, 50
+DEMO_WEB_IMAGES, DEMO_QUICK_WEB_IMAGES = 100, 50
 #: --quick: training iterations of every quick entry. Full supervision and partial CE only: at 60 iterations dense
 #: masks lead scribbles by ~9 mIoU (78.8 vs 70.0 measured), while BLPSeg, which learns fast from scribbles, was
 #: measured at 80.4, above full supervision's 78.8: it would make the smoke test's "full on top" check a coin toss.
