@@ -11,8 +11,9 @@ Parts:
     stage1      pseudo-label quality on the training split (eval_pseudo_labels) of the sources
                 cam (CAMs of the horse tag), sbe (CAMs + U²-Net-p saliency + boundary net + random walk) and
                 coseg (``pseudo.source: folder`` on weakseg's co-segmentation of the 200 training photos,
-                weakseg/modules/coseg.py, written to <work>/coseg-horse); for cam also argmax([t, CAM]) for
-                t = 0.05 … 0.95 (the best threshold any CAM could reach)
+                weakseg/modules/coseg.py, written to <work>/coseg-horse), and saliency (``folder`` of sbe's
+                U²-Net-p maps thresholded at 0.5: the salient-object detector alone); for cam also argmax([t, CAM])
+                for t = 0.05 … 0.95 (the best threshold any CAM could reach)
     rows        val mIoU of CDSP and its ablations (w/o LoRM; w/o the distance entropy losses; trained on the
                 pseudo-labels alone) on horse-reach scribbles, and of partial CE / BLPSeg / CDSP with dropped
                 (``simulate-scribbles --drop 0.5``) or shrunk (``--shrink 0.5``) strokes (both on top of
@@ -23,8 +24,8 @@ from benchmarks/results/blpseg_ablation.json (3 seeds of the same presets and se
 stage-1 artefacts: a stage whose fingerprint matches a finished stage of an earlier run is copied from it.
 
 Results are merged into benchmarks/results/cdsp.json after every run (a stopped run keeps its figures; several
-processes with different --rows may run at once: the merge holds a file lock); cdsp.md and the README between
-``<!-- cdsp-table -->`` and ``<!-- /cdsp-table -->`` are rewritten at the end (``--table-only`` just rewrites them).
+processes with different --rows may run at once: the merge holds a file lock); cdsp.md, and README.md and docs/cdsp.md
+between ``<!-- cdsp-table -->`` and ``<!-- /cdsp-table -->``, are rewritten at the end (``--table-only`` just rewrites them).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ SOURCES = {
     "cam": ["method.pseudo.source=cam"],
     "sbe": ["method.pseudo.source=sbe"],
     "coseg": ["method.pseudo.source=folder"],
+    "saliency": ["method.pseudo.source=folder"],  # U²-Net-p alone: sbe's make_saliency maps > SALIENCY_THRES
 }
+SALIENCY_THRES = 0.5  # the midpoint of the [0, 1] saliency, not tuned
 # (row, scribbles, method, overrides): method cdsp runs the preset through `weakseg run` (pseudo-labels: coseg)
 ROWS = [
     ("CDSP", "reach", "cdsp", []),
@@ -161,6 +164,22 @@ def stage1_names(cfg) -> list[str]:
     return names[:names.index("eval_pseudo_labels") + 1]
 
 
+def saliency_folder(work: Path) -> str:
+    """``<work>/saliency-horse/<id>.png`` = 1 where the U²-Net-p map of stage1-sbe's make_saliency exceeds
+    SALIENCY_THRES, else 0 (needs the sbe source first)."""
+    from PIL import Image
+
+    src, out = work / "stage1-sbe" / "make_saliency", (work / "saliency-horse").resolve()
+    if not (src / "_done.json").exists():
+        raise SystemExit("source saliency reads the sbe source's make_saliency maps: run --sources sbe first")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.glob("*.png")):
+        if not (out / path.name).exists():
+            sal = np.asarray(Image.open(path), dtype=np.float32) / 255
+            save_label_png(out / path.name, (sal > SALIENCY_THRES).astype(np.uint8))
+    return str(out)
+
+
 def cam_threshold_sweep(work_dir: Path, ids: list[str]) -> dict[str, float]:
     """mIoU of argmax([t, CAM]) on the training split for t = 0.05 … 0.95 (one class: horse where CAM > t)."""
     thresholds = [round(0.05 * k, 2) for k in range(1, 20)]
@@ -178,7 +197,8 @@ def cam_threshold_sweep(work_dir: Path, ids: list[str]) -> dict[str, float]:
 def run_stage1(source: str, work: Path, scribbles: str, folder: str) -> dict:
     work_dir = work / f"stage1-{source}"
     sets = [f"data.scribble_dir={scribbles}", f"engine.work_dir={work_dir}", *SOURCES[source]]
-    sets += [f"method.pseudo.folder={folder}"] if source == "coseg" else []
+    if source in ("coseg", "saliency"):
+        sets += [f"method.pseudo.folder={folder if source == 'coseg' else saliency_folder(work)}"]
     cfg = load_config(PRESET, sets)
     t0 = time.time()
     share_stages(cfg, sorted(p for p in work.glob("stage1-*") if p.is_dir()))  # sbe reuses cam's CAM stages
@@ -390,7 +410,8 @@ def main() -> None:
     table = markdown(results)
     write_text_atomic(out.with_suffix(".md"), table)
     if out.resolve() == DEFAULT_OUT.resolve():
-        update_readme(ROOT / "README.md", table)
+        for doc in (ROOT / "README.md", ROOT / "docs/cdsp.md"):
+            update_readme(doc, table)
     print(table)
 
 
