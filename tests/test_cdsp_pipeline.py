@@ -120,3 +120,16 @@ def test_pseudo_source_choice_changes_the_stage_list():
     cfg = load_config(PRESET, ["method.pseudo.source=crf", "model.pretrained=null"])
     with pytest.raises(ValueError, match="method.pseudo.source must be one of cam, bes, sbe, folder"):
         METHODS["cdsp"](cfg.method, cfg.model, 8)
+
+
+def test_horse_preset_trains_the_blpseg_ablation_network():
+    """The benchmark compares CDSP with the BLPSeg ablation's rows: same network, crop, batch, optimiser and schedule
+    (the first version of the preset had the base's 256-wide UPerNet, 2.8× the parameters of the ablation's)."""
+    horse = load_config(ROOT / "configs/cdsp/cdsp_mnv2-os32-uper_b8-800i_horse-192.yaml")
+    for other in ("partial_ce/partial-ce_mnv2-os32-uper_b8-800i_horse-192.yaml",
+                  "full/full_mnv2-os32-uper_b8-800i_horse-192.yaml"):
+        ref = load_config(ROOT / "configs" / other)
+        assert horse.model == ref.model
+        assert (horse.optim, horse.schedule) == (ref.optim, ref.schedule)
+        assert (horse.data.crop_size, horse.engine.batch_size) == (ref.data.crop_size, ref.engine.batch_size)
+    assert horse.method.pseudo.source == "folder" and horse.method.loss.lorm == 1.0
