@@ -357,7 +357,9 @@ def _run_entry(index: int, entry: DemoEntry, out: Path, data_roots: dict[str, Pa
         else:
             summary = run_pipeline(cfg)
             stages = {name: float(info.get("seconds", 0.0)) for name, info in summary.items()}
-    seconds = time.time() - t0
+    # a pipeline's stages record their own times: a resumed entry (interrupted demo, stages run before) reports
+    # the time its stages took, not only the minutes of this call
+    seconds = max(time.time() - t0, sum(stages.values()))
     metrics_path = work / entry.metrics
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path}: demo entry {entry.key} finished without its metrics file")
