@@ -42,6 +42,7 @@ import os
 import platform
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -299,14 +300,14 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {r['dataset']} | {method} | {coseg} | {pct(r.get('init_val'))} | {est} | "
                      f"{pct(r.get('final_val'))} | {ratio} | {minutes} |")
     env = results.get("environment", {})
-    lines += ["", f"mIoU in %, seed {env.get('seed', 0)}; co-seg J = mean foreground IoU of the co-segmentation masks "
+    lines += ["", textwrap.fill(f"mIoU in %, seed {env.get('seed', 0)}; co-seg J = mean foreground IoU of the co-segmentation masks "
               "against the web images' own masks, on the pixels they decide (the 255 band left out); initial "
               "generator = the snapshot selected on held-out training images, on val; estimated masks on the "
               "training split; rows in [brackets] are read from that results file (same data, final network, recipe "
               "and budget); minutes = the stages' own times on the shared 2-core VM (torch "
               f"{env.get('torch', '?')}, {env.get('threads', 1)} thread, load average about "
               f"{env.get('load_average', 0):.0f}). `python benchmarks/bench_webcoseg.py`, details in "
-              "benchmarks/results/webcoseg.json and docs/webcoseg.md."]
+              "benchmarks/results/webcoseg.json and docs/webcoseg.md.", width=115)]
     return "\n".join(lines) + "\n"
 
 
