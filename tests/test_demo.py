@@ -129,6 +129,16 @@ def test_results_table_ratio_to_full_supervision():
     assert "| partial CE | scribbles | **72.0** | 0.90 | 1.5 |" in table
 
 
+def test_timing_counts_the_recorded_time_of_reused_entries():
+    results = [_record("full", "full supervision", "masks", 0.9, 120.0), _record("bes", "BES", "tags", 0.5, 240.0)]
+    results[1]["stage_seconds"] = {"train_cam": 40.0, "train_seg": 200.0, "evaluate": 0.2}
+    fresh = demo.timing_markdown(results, data_seconds=6.0, total_seconds=370.0)
+    assert fresh.startswith("Where the time went (6.2 min in `weakseg demo`): data generation 6 s")
+    assert "BES 240 s (train_cam 40 s, train_seg 200 s)" in fresh  # stages under half a second are left out
+    reused = demo.timing_markdown(results, data_seconds=0.0, total_seconds=3.0)
+    assert reused.startswith("Where the time went (6.0 min of recorded entry time; this call took 0.1 min")
+
+
 def test_report_and_readme_section(tmp_path):
     data = tmp_path / "data"
     generate_synth_demo(data, num_images=4, size=32, seed=0)

@@ -389,8 +389,13 @@ def results_markdown(results: list[dict]) -> str:
 
 def timing_markdown(results: list[dict], data_seconds: float, total_seconds: float) -> str:
     """Where the minutes went: data generation, each entry, and each stage of the multi-stage entries."""
-    lines = [f"Where the time went ({total_seconds / 60:.1f} min in `weakseg demo`): data generation "
-             f"{data_seconds:.0f} s"]
+    work = data_seconds + sum(r["seconds"] for r in results)
+    if total_seconds >= 0.9 * work:
+        head = f"Where the time went ({total_seconds / 60:.1f} min in `weakseg demo`)"
+    else:  # entries finished by an earlier (interrupted) call were reused: their own recorded times count
+        head = (f"Where the time went ({work / 60:.1f} min of recorded entry time; this call took "
+                f"{total_seconds / 60:.1f} min and reused entries run before)")
+    lines = [f"{head}: data generation {data_seconds:.0f} s"]
     for r in results:
         stages = r.get("stage_seconds") or {}
         split = ", ".join(f"{name} {s:.0f} s" for name, s in stages.items() if s >= 0.5)
