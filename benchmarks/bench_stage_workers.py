@@ -13,7 +13,6 @@ Writes benchmarks/results/stage_workers.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics

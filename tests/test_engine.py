@@ -14,7 +14,7 @@ import torch
 from weakseg.cli import main
 from weakseg.engine.checkpoint import latest_checkpoint, load_checkpoint
 from weakseg.engine.config import load_config
-from weakseg.engine.trainer import Trainer, train
+from weakseg.engine.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -172,7 +172,6 @@ def test_channels_last_and_autocast():
 def test_onnx_export(head):
     # dynamic sizes for every head: UPer's s×s pyramid pooling switches to an integral-image form during export
     # (the exporter's own adaptive pooling needs sizes divisible by s; 96×64 at OS 16 gives 6×4, not divisible by 3)
-    dynamic = True
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

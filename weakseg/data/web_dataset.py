@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-import numpy as np
 import torch
 
 from weakseg.data import keys as K

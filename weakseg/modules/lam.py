@@ -214,7 +214,6 @@ class _LAMFunction(torch.autograd.Function):
         sigma, radius, tile, chunk_elements = ctx.config
         need_seg, need_feat = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, c, h, w = seg.shape
-        d = feat.shape[1]
         g = _Tiling(n, h, w, tile, radius, sigma, seg.dtype, seg.device)
         grad_out = grad_out.contiguous()
         # delta_b = Σ_a W[a, b]·(dŜ_b · S_a) = dŜ_b · Ŝ_b, the softmax backward's subtracted term
