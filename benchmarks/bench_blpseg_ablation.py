@@ -32,7 +32,7 @@ from scipy import ndimage
 from weakseg.data.simulate import simulate_folder
 from weakseg.engine.config import load_config
 from weakseg.engine.trainer import train
-from weakseg.utils.io import read_label, write_json_atomic, write_text_atomic
+from weakseg.utils.io import read_label, replace_marked_section, write_json_atomic, write_text_atomic
 from weakseg.utils.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,11 +175,7 @@ def main() -> None:
 
 def update_readme_table(readme: Path, table: str) -> None:
     """Replace what lies between ``<!-- ablation-table -->`` and ``<!-- /ablation-table -->`` (if both are there)."""
-    start, end = "<!-- ablation-table -->\n", "<!-- /ablation-table -->"
-    text = readme.read_text(encoding="utf-8")
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
+    replace_marked_section(readme, "ablation-table", table)
 
 
 def markdown_table(results: dict) -> str:

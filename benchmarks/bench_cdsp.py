@@ -49,7 +49,8 @@ from bench_blpseg_ablation import HORSES, distance_quartile_miou, prepare  # noq
 from weakseg.data.simulate import simulate_folder  # noqa: E402
 from weakseg.engine.config import load_config  # noqa: E402
 from weakseg.engine.pipeline import fingerprints, method_stages, run_pipeline  # noqa: E402
-from weakseg.utils.io import read_label, save_label_png, write_json_atomic, write_text_atomic  # noqa: E402
+from weakseg.utils.io import (read_label, replace_marked_section, save_label_png, write_json_atomic,  # noqa: E402
+                              write_text_atomic)
 from weakseg.utils.metrics import ConfusionMatrix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,11 +371,7 @@ def targets(rows: dict) -> list[str]:
 
 
 def update_readme(readme: Path, table: str) -> None:
-    start, end = "<!-- cdsp-table -->\n", "<!-- /cdsp-table -->"
-    text = readme.read_text(encoding="utf-8")
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
+    replace_marked_section(readme, "cdsp-table", table)
 
 
 def main() -> None:

@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from weakseg.modules.coseg import CosegConfig, CosegModels, cosegment_class, saliency_masks  # noqa: E402
-from weakseg.utils.io import read_label, read_rgb, write_json_atomic, write_text_atomic  # noqa: E402
+from weakseg.utils.io import (read_label, read_rgb, replace_marked_section, write_json_atomic,  # noqa: E402
+                              write_text_atomic)
 from weakseg.utils.machine import cpu_name  # noqa: E402
 
 HORSE = ROOT.parent / "shared" / "data" / "weizmann-horse"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "coseg"
-MARK = "<!-- coseg-table -->", "<!-- /coseg-table -->"
 
 
 class _Memo:
@@ -144,14 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     readme = ROOT / "README.md"
     if args.out == DEFAULT_OUT and readme.is_file():
-        text = readme.read_text(encoding="utf-8")
-        if MARK[0] in text and MARK[1] in text:
-            head, rest = text.split(MARK[0], 1)
-            _, tail = rest.split(MARK[1], 1)
-            block = "\n".join([MARK[0], *table, "", f"`{result['command']}` on {result['cpu']} "
-                               f"({result['cores']} cores, shared; load average {result['load_average_before'][0]:.1f} "
-                               f"at the start).", MARK[1]])
-            write_text_atomic(readme, head + block + tail)
+        replace_marked_section(readme, "coseg-table", "\n".join([
+            *table, "", f"`{result['command']}` on {result['cpu']} ({result['cores']} cores, shared; load average "
+            f"{result['load_average_before'][0]:.1f} at the start)."]))
     return 0
 
 

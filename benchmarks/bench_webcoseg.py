@@ -56,7 +56,7 @@ from weakseg.data.web import read_web_list  # noqa: E402
 from weakseg.engine.config import load_config  # noqa: E402
 from weakseg.engine.pipeline import method_stages, run_pipeline  # noqa: E402
 from weakseg.engine.trainer import train  # noqa: E402
-from weakseg.utils.io import read_label, write_json_atomic, write_text_atomic  # noqa: E402
+from weakseg.utils.io import read_label, replace_marked_section, write_json_atomic, write_text_atomic  # noqa: E402
 
 HORSES = ROOT.parent / "shared" / "data" / "weizmann-horse"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "webcoseg"
@@ -312,11 +312,7 @@ def markdown_table(results: dict) -> str:
 
 
 def update_readme_table(readme: Path, table: str) -> None:
-    start, end = "<!-- webcoseg-table -->\n", "<!-- /webcoseg-table -->"
-    text = readme.read_text(encoding="utf-8")
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        write_text_atomic(readme, head + start + table + end + rest.split(end, 1)[1])
+    replace_marked_section(readme, "webcoseg-table", table)
 
 
 def main() -> None:

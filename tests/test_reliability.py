@@ -358,3 +358,15 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"weakseg: error: {tmp_path / 'missing.pth'}: checkpoint not found"]
 
+
+
+def test_replace_marked_section(tmp_path):
+    from weakseg.utils.io import replace_marked_section
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n<!-- x-table -->\nold\n<!-- /x-table -->\ntail\n")
+    assert replace_marked_section(readme, "x-table", "| a |\n|---|\n")
+    assert readme.read_text() == "# t\n<!-- x-table -->\n| a |\n|---|\n<!-- /x-table -->\ntail\n"
+    assert not replace_marked_section(readme, "y-table", "z")  # no markers: nothing written
+    with pytest.raises(ValueError, match="no <!-- y-table -->"):
+        replace_marked_section(readme, "y-table", "z", required=True)

@@ -35,7 +35,8 @@ from weakseg.engine.config import config_hash, load_config, to_dict
 from weakseg.engine.report import (colorize, comparison_markdown, markdown_table_html, overlay, picture_grid,
                                    svg_bar_chart, tag_picture)
 from weakseg.utils import dist as wdist
-from weakseg.utils.io import (load_json, read_label, read_rgb, save_image, write_json_atomic, write_text_atomic)
+from weakseg.utils.io import (load_json, read_label, read_rgb, replace_marked_section, save_image, write_json_atomic,
+                              write_text_atomic)
 
 log = logging.getLogger("weakseg")
 
@@ -486,21 +487,14 @@ def _html_page(setting: str, table: str, chart: str, per_class: str, timing: str
                         per_class=markdown_table_html(per_class), timing=text(timing))
 
 
-README_START, README_END = "<!-- demo-results -->", "<!-- /demo-results -->"
 
 
 def update_readme(readme: Path, setting: str, table: str, per_class: str) -> None:
     """Replace the README's demo section (between the markers) with this run's tables."""
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: no {README_START} … {README_END} section to write the demo table into")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
     import textwrap
 
     wrapped = textwrap.fill(setting, width=120, break_long_words=False, break_on_hyphens=False)
-    body = "\n".join([README_START, wrapped, "", table, per_class.rstrip(), README_END])
-    write_text_atomic(readme, head + body + tail)
+    replace_marked_section(readme, "demo-results", "\n".join([wrapped, "", table, per_class.rstrip()]), required=True)
 
 
 def _write_grid(out: Path, data_root: Path, results: list[dict], meta: DatasetMeta, n: int = 6) -> None:

@@ -172,3 +172,20 @@ def load_json(path: str | os.PathLike):
         raise DataError(f"{path}: file not found") from exc
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def replace_marked_section(path: str | os.PathLike, name: str, body: str, *, required: bool = False) -> bool:
+    """Replace what lies between ``<!-- name -->`` and ``<!-- /name -->`` in a text file (README tables written by
+    benchmarks and the demo), atomically. Returns False, or raises ``ValueError`` when ``required``, if the file lacks
+    either marker."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        if required:
+            raise ValueError(f"{path}: no {start} … {end} section to write into")
+        return False
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    write_text_atomic(path, head + start + "\n" + body.rstrip("\n") + "\n" + end + tail)
+    return True
