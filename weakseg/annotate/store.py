@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.dataset import meta_from_root, read_list_file
+from weakseg.data.dataset import read_classes_file as _read_classes
 from weakseg.data.meta import DatasetMeta
 from weakseg.data.voc_tools import load_tags_file
 from weakseg.utils.io import DataError, image_size, load_json, read_label, save_label_png, write_json_atomic, \
@@ -96,20 +97,11 @@ def list_images(image_dir: Path, ext: str | None = None, list_file: Path | None 
 
 
 def read_classes_file(path: Path) -> DatasetMeta:
-    """DatasetMeta of a class-names file (one name per line, background first), with the checks of
-    :func:`weakseg.data.dataset.meta_from_root` (which reads ``<root>/classes.txt``)."""
+    """DatasetMeta of a class-names file (one name per line, background first), checked as every dataset's
+    ``classes.txt`` is (:func:`weakseg.data.dataset.read_classes_file`)."""
     if not path.is_file():
         raise DataError(f"{path}: classes file not found")
-    if path.name == "classes.txt":
-        return meta_from_root(path.parent)
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    if len(names) < 2:
-        raise DataError(f"{path}: needs at least two classes (background first), got {len(names)}")
-    if len(set(names)) != len(names):
-        raise DataError(f"{path}: duplicate class names")
-    if len(names) > 255:
-        raise DataError(f"{path}: at most 255 classes fit a uint8 label map with 255 = ignore, got {len(names)}")
-    return DatasetMeta(names)
+    return _read_classes(path)
 
 
 def rle_encode(label: np.ndarray) -> list[int]:

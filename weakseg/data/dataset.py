@@ -55,6 +55,12 @@ def meta_from_root(root: str | os.PathLike) -> DatasetMeta:
     path = Path(root) / "classes.txt"
     if not path.is_file():
         return VOC_META
+    return read_classes_file(path)
+
+
+def read_classes_file(path: Path) -> DatasetMeta:
+    """DatasetMeta from a class list (one name per line, background first): at least two classes, no duplicates,
+    at most 255; errors name the file."""
     names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
     if len(names) < 2:
         raise DataError(f"{path}: needs at least two classes (background first), got {len(names)}")

@@ -242,29 +242,48 @@ def generate_synth(out_dir: str | os.PathLike, num_images: int = 1000, size: int
     if num_images < 1 or size < 32 or not 0 <= val_fraction < 1:
         raise ValueError(f"need num_images >= 1, size >= 32, 0 <= val_fraction < 1; got {num_images}, {size}, "
                          f"{val_fraction}")
+    ids = [f"synth_{i:05d}" for i in range(num_images)]
+
+    def render(i: int):
+        return render_image(size, np.random.default_rng(np.random.SeedSequence([int(seed), i])), max_objects)
+
+    return write_segmentation_set(
+        out_dir, ids, render, SYNTH_CLASSES, seed=seed, n_val=int(round(num_images * val_fraction)),
+        scribble_width=scribble_width, strokes_per_region=strokes_per_region, min_region_area=60, min_dot_area=6,
+        readme=lambda ntrain, nval: _README.format(
+            n=num_images, size=size, seed=seed, vf=val_fraction, c=len(SYNTH_CLASSES),
+            names=", ".join(SYNTH_CLASSES), cmax=len(SYNTH_CLASSES) - 1, ntrain=ntrain, nval=nval))
+
+
+def write_segmentation_set(out_dir: str | os.PathLike, ids: list[str], render, classes: tuple[str, ...], *, seed: int,
+                           n_val: int, scribble_width: int, strokes_per_region: int, min_region_area: int,
+                           min_dot_area: int, readme) -> dict:
+    """Write a generated dataset in VOC layout (the synthetic benchmark's and the demo's): for image ``i`` of ``ids``
+    ``render(i) -> (H×W×3 uint8 image, H×W class ids)``, simulated scribbles (seeded by ``seed`` and the id), tags,
+    a seeded train/val split with ``n_val`` val ids, ``classes.txt`` and ``README.txt`` (``readme(ntrain, nval)``).
+
+    Returns:
+        summary dict: ``num_train``, ``num_val``, ``out_dir``.
+    """
     out = Path(out_dir)
     palette = voc_palette()
-    ids = [f"synth_{i:05d}" for i in range(num_images)]
     tags: dict[str, list[int]] = {}
     for i, sid in enumerate(ids):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
-        image, label = render_image(size, rng, max_objects)
+        image, label = render(i)
         scrib = simulate_scribbles(label, rng=image_seed(seed, sid), width=scribble_width,
-                                   strokes_per_region=strokes_per_region, min_region_area=60, min_dot_area=6)
+                                   strokes_per_region=strokes_per_region, min_region_area=min_region_area,
+                                   min_dot_area=min_dot_area)
         save_image(out / "JPEGImages" / f"{sid}.png", image)
         save_label_png(out / "SegmentationClass" / f"{sid}.png", label, palette)
         save_label_png(out / "Scribbles" / f"{sid}.png", scrib, palette)
         tags[sid] = [0] + [int(c) for c in np.unique(label) if c != 0]
-    perm = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5917])).permutation(num_images)
-    n_val = int(round(num_images * val_fraction))
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5917])).permutation(len(ids))
     val = sorted(ids[j] for j in perm[:n_val])
     train = sorted(ids[j] for j in perm[n_val:])
     seg = out / "ImageSets" / "Segmentation"
     write_text_atomic(seg / "train.txt", "".join(f"{i}\n" for i in train))
     write_text_atomic(seg / "val.txt", "".join(f"{i}\n" for i in val))
-    write_text_atomic(out / "classes.txt", "".join(f"{c}\n" for c in SYNTH_CLASSES))
+    write_text_atomic(out / "classes.txt", "".join(f"{c}\n" for c in classes))
     write_json_atomic(out / "tags.json", tags)
-    write_text_atomic(out / "README.txt", _README.format(
-        n=num_images, size=size, seed=seed, vf=val_fraction, c=len(SYNTH_CLASSES), names=", ".join(SYNTH_CLASSES),
-        cmax=len(SYNTH_CLASSES) - 1, ntrain=len(train), nval=len(val)))
+    write_text_atomic(out / "README.txt", readme(len(train), len(val)))
     return {"num_train": len(train), "num_val": len(val), "out_dir": str(out)}

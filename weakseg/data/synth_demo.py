@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.meta import voc_palette
-from weakseg.data.simulate import image_seed, simulate_scribbles
-from weakseg.data.synth import _grid, _smooth_noise
-from weakseg.utils.io import save_image, save_label_png, write_json_atomic, write_text_atomic
+from weakseg.data.synth import _grid, _smooth_noise, write_segmentation_set
+from weakseg.utils.io import save_image, save_label_png, write_text_atomic
 
 DEMO_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
 
@@ -238,32 +237,17 @@ def generate_synth_demo(out_dir: str | os.PathLike, num_images: int = 400, size:
     if num_images < 2 or size < 32 or not 0 < val_fraction < 1:
         raise ValueError(f"need num_images >= 2, size >= 32, 0 < val_fraction < 1; got {num_images}, {size}, "
                          f"{val_fraction}")
-    out = Path(out_dir)
-    palette = voc_palette()
     ids = [f"demo_{i:05d}" for i in range(num_images)]
-    tags: dict[str, list[int]] = {}
-    # scribble regions scale with the image: a 64² object is ~300-1200 px
-    min_region = max(12, size * size // 100)
-    for i, sid in enumerate(ids):
+
+    def render(i: int):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE40, i]))
-        image, label = render_demo_image(size, rng, max_objects)
-        scrib = simulate_scribbles(label, rng=image_seed(seed, sid), width=scribble_width,
-                                   strokes_per_region=strokes_per_region,
-                                   min_region_area=min_region, min_dot_area=4)
-        save_image(out / "JPEGImages" / f"{sid}.png", image)
-        save_label_png(out / "SegmentationClass" / f"{sid}.png", label, palette)
-        save_label_png(out / "Scribbles" / f"{sid}.png", scrib, palette)
-        tags[sid] = [0] + [int(c) for c in np.unique(label) if c != 0]
-    perm = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5917])).permutation(num_images)
-    n_val = max(1, int(round(num_images * val_fraction)))
-    val = sorted(ids[j] for j in perm[:n_val])
-    train = sorted(ids[j] for j in perm[n_val:])
-    seg = out / "ImageSets" / "Segmentation"
-    write_text_atomic(seg / "train.txt", "".join(f"{i}\n" for i in train))
-    write_text_atomic(seg / "val.txt", "".join(f"{i}\n" for i in val))
-    write_text_atomic(out / "classes.txt", "".join(f"{c}\n" for c in DEMO_CLASSES))
-    write_json_atomic(out / "tags.json", tags)
-    write_text_atomic(out / "README.txt", _README.format(
-        n=num_images, size=size, seed=seed, vf=val_fraction, c=len(DEMO_CLASSES), names=", ".join(DEMO_CLASSES),
-        cmax=len(DEMO_CLASSES) - 1, ntrain=len(train), nval=len(val)))
-    return {"num_train": len(train), "num_val": len(val), "out_dir": str(out)}
+        return render_demo_image(size, rng, max_objects)
+
+    # scribble regions scale with the image: a 64² object is ~300-1200 px
+    return write_segmentation_set(
+        out_dir, ids, render, DEMO_CLASSES, seed=seed, n_val=max(1, int(round(num_images * val_fraction))),
+        scribble_width=scribble_width, strokes_per_region=strokes_per_region,
+        min_region_area=max(12, size * size // 100), min_dot_area=4,
+        readme=lambda ntrain, nval: _README.format(
+            n=num_images, size=size, seed=seed, vf=val_fraction, c=len(DEMO_CLASSES), names=", ".join(DEMO_CLASSES),
+            cmax=len(DEMO_CLASSES) - 1, ntrain=ntrain, nval=nval))
