@@ -31,6 +31,7 @@ line (their count and the first few).
 from __future__ import annotations
 
 import logging
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -75,6 +76,13 @@ def _check_id(sid: str, list_file: Path, lineno: int) -> None:
     p = Path(sid)
     if not sid or "\x00" in sid or "\\" in sid or p.is_absolute() or sid.startswith("/") or ".." in p.parts:
         raise DataError(f"{list_file}:{lineno}: invalid id {sid!r} (absolute paths and '..' are not allowed)")
+
+
+def hashed_subset(ids: list[str], n: int) -> list[str]:
+    """The ``n`` ids with the smallest SHA-1 of their name, in list order: a split that depends on the ids alone
+    (not on list order, seed or machine), and grows monotonically with ``n``."""
+    chosen = set(sorted(ids, key=lambda s: hashlib.sha1(s.encode("utf-8")).hexdigest())[:n])
+    return [i for i in ids if i in chosen]
 
 
 def read_list_file(list_file: Path) -> list[str]:

@@ -15,12 +15,12 @@ checkpoint so that a resumed run keeps selecting exactly as the uninterrupted ru
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weakseg.data.dataset import hashed_subset
 from weakseg.engine.config import BestConfig, Config, ConfigError
 from weakseg.utils.io import DataError
 
@@ -35,8 +35,7 @@ def holdout_ids(ids: list[str], fraction: float) -> list[str]:
     n = max(1, int(round(fraction * len(ids))))
     if n >= len(ids):
         raise ConfigError(f"engine.best.holdout = {fraction} of {len(ids)} training ids leaves nothing to train on")
-    chosen = set(sorted(ids, key=lambda s: hashlib.sha1(s.encode("utf-8")).hexdigest())[:n])
-    return [i for i in ids if i in chosen]
+    return hashed_subset(ids, n)
 
 
 def describe_split(best: BestConfig) -> str:

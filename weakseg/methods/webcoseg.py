@@ -295,8 +295,7 @@ def _build_train_init(ctx: StageContext) -> TrainJob:
 
 def _selection_set(ctx: StageContext, s: InitSection):
     """The target images the init generator is selected on (with ground truth, eval transforms)."""
-    import hashlib
-
+    from weakseg.data.dataset import hashed_subset
     from weakseg.data.transforms import build_eval_transforms
 
     d = ctx.cfg.data
@@ -304,8 +303,7 @@ def _selection_set(ctx: StageContext, s: InitSection):
         list_file = d.val_list
     elif s.best.split == "holdout":
         ids = ctx.train_ids()
-        n = max(1, int(round(s.best.holdout * len(ids))))
-        chosen = sorted(ids, key=lambda i: hashlib.sha1(i.encode("utf-8")).hexdigest())[:n]
+        chosen = hashed_subset(ids, max(1, int(round(s.best.holdout * len(ids)))))
         list_file = str(ctx.dir("train_init") / "selection.txt")
         write_text_atomic(Path(list_file), "\n".join(chosen) + "\n")
     else:
