@@ -133,3 +133,13 @@ def test_horse_preset_trains_the_blpseg_ablation_network():
         assert (horse.optim, horse.schedule) == (ref.optim, ref.schedule)
         assert (horse.data.crop_size, horse.engine.batch_size) == (ref.data.crop_size, ref.engine.batch_size)
     assert horse.method.pseudo.source == "folder" and horse.method.loss.lorm == 1.0
+
+
+def test_cam_pseudo_labels_refined_by_the_crf_keep_the_image_classes(synth, cam_run, tmp_path):
+    work = tmp_path / "crf"
+    shutil.copytree(cam_run[0], work)
+    run_pipeline(load_config(PRESET, overrides(synth, work, ["method.pseudo.crf=bes_label"])),
+                 only=["make_pseudo_labels"])
+    tags = json.loads((synth / "tags.json").read_text())
+    for sid in ids(synth):
+        assert set(np.unique(read_label(work / "make_pseudo_labels" / f"{sid}.png"))) <= {0, *tags[sid]}

@@ -66,6 +66,10 @@ def test_webcoseg_end_to_end(data, tmp_path):
     for sid in (data / "target/ImageSets/Segmentation/train.txt").read_text().split():
         est = read_label(work / "estimate_masks" / f"{sid}.png")
         assert set(np.unique(est)) <= {0, *tags[sid]}  # classes not in the image's tags never appear
+    # the same with the CRF refining the estimate over the image's tagged classes only
+    run_pipeline(load_config(PRESET, overrides(data, work, ["method.estimate.crf=webcoseg"])), only=["estimate_masks"])
+    for sid in (data / "target/ImageSets/Segmentation/train.txt").read_text().split():
+        assert set(np.unique(read_label(work / "estimate_masks" / f"{sid}.png"))) <= {0, *tags[sid]}
     final = json.loads((work / "evaluate/metrics.json").read_text())
     assert len(final["iou"]) == 8
     assert "loss_global" in (work / "train_seg/train.log").read_text()

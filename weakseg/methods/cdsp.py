@@ -45,7 +45,7 @@ from weakseg.methods.kit import (DATA_IMAGES, DATA_TAGS, CAMSection, PerImageSta
 from weakseg.methods.sbe import PropagationConfig, propagation_stages
 from weakseg.models.cdsp_net import CDSPNet, cdsp_backbone_options, cdsp_head_kwargs
 from weakseg.modules.cam import cam_to_label
-from weakseg.modules.crf import CRF_PRESETS, crf_label
+from weakseg.modules.crf import label_refiner, refine_class_map
 from weakseg.modules.distance_maps import pseudo_boundary_distance_map, scribble_distance_map
 from weakseg.modules.lorm import LoRM
 from weakseg.utils.io import DataError, read_label, save_label_png
@@ -237,7 +237,6 @@ def _train_dataset(ctx: StageContext, pseudo_from: str):
 class _State:
     ctx: StageContext
     dataset: Any
-    index: dict[str, int]
     crf: Any = None
     folder: Path | None = None
 
@@ -253,19 +252,16 @@ def _setup_pseudo_labels(ctx: StageContext) -> _State:
             raise DataError(f"{folder}: method.pseudo.folder not found")
         dataset = ctx.dataset(supervision="pseudo", pseudo_dir=folder)  # checks ids, sizes and class values
     else:
-        if p.crf is not None:
-            if p.crf not in CRF_PRESETS:
-                raise ValueError(f"method.pseudo.crf: unknown CRF preset {p.crf!r}; known: {', '.join(CRF_PRESETS)}")
-            crf = functools.partial(crf_label, params=CRF_PRESETS[p.crf], backend=p.crf_backend)
+        crf = label_refiner(p.crf, p.crf_backend, "method.pseudo.crf")
         dataset = ctx.dataset()
-    return _State(ctx, dataset, {sid: i for i, sid in enumerate(dataset.ids)}, crf, folder)
+    return _State(ctx, dataset, crf, folder)
 
 
 def make_pseudo_label_image(state: _State, sample_id: str, path: Path) -> None:
     """Write ``<id>.png``: H×W palette PNG of class ids. Source cam: argmax([cam.eval_thres, CAMs]) mapped to
     class ids (optionally CRF-refined over the image's classes); source folder: the checked PNG of the folder."""
     ctx = state.ctx
-    sample = state.dataset.load(state.index[sample_id])
+    sample = state.dataset.load_id(sample_id)
     if state.folder is not None:
         label = sample[K.PSEUDO]
     else:
@@ -274,9 +270,7 @@ def make_pseudo_label_image(state: _State, sample_id: str, path: Path) -> None:
         high = torch.from_numpy(cams["high_res"].astype(np.float32))
         label = cam_to_label(high, keys, ctx.cfg.method.cam.eval_thres)  # class ids
         if state.crf is not None and keys.numel():
-            lut = torch.cat([torch.zeros(1, dtype=torch.int64), keys + 1])  # channel index → class id
-            channel = torch.searchsorted(lut, label.to(torch.int64))
-            label = lut[torch.from_numpy(state.crf(sample[K.IMAGE], channel.numpy(), len(lut)))]
+            label = refine_class_map(state.crf, sample[K.IMAGE], label, keys)
         label = label.numpy().astype(np.uint8)
     save_label_png(path, label, ctx.meta.palette)
 
@@ -289,19 +283,17 @@ def make_pseudo_label_image(state: _State, sample_id: str, path: Path) -> None:
 class _DistState:
     ctx: StageContext
     dataset: Any
-    index: dict[str, int]
     pseudo_dir: Path | None
 
 
 def _setup_distance(ctx: StageContext, pseudo_from: str | None = None) -> _DistState:
     dataset = ctx.dataset(supervision="scribble")
-    return _DistState(ctx, dataset, {sid: i for i, sid in enumerate(dataset.ids)},
-                      ctx.dir(pseudo_from) if pseudo_from else None)
+    return _DistState(ctx, dataset, ctx.dir(pseudo_from) if pseudo_from else None)
 
 
 def make_scribble_distance_image(state: _DistState, sample_id: str, path: Path) -> None:
     """Write ``<id>.png``: H×W uint8 D_s (255 on foreground strokes; all 0 without a foreground stroke)."""
-    scribble = state.dataset.load(state.index[sample_id])[K.SCRIBBLE]
+    scribble = state.dataset.load_id(sample_id)[K.SCRIBBLE]
     save_label_png(path, scribble_distance_map(scribble, state.ctx.cfg.method.distance.lambda_s))
 
 

@@ -22,7 +22,6 @@ The pipeline (``weakseg run configs/webcoseg/*.yaml``):
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from weakseg.methods.kit import (DATA_TAGS, RUN_EVAL, EvalStage, PerImageStage, 
                                  TrainStage, evaluate_stage, run_train_transforms, score_masks_stage, train_seg_stage)
 from weakseg.models.webcoseg_net import WebCosegNet
 from weakseg.modules.coseg import CosegConfig, CosegModels, cosegment_class
-from weakseg.modules.crf import CRF_PRESETS, crf_label
+from weakseg.modules.crf import label_refiner, refine_class_map
 from weakseg.modules.inference import infer_probs
 from weakseg.utils import dist as wdist
 from weakseg.utils.io import DataError, save_label_png, write_json_atomic, write_text_atomic
@@ -330,7 +329,6 @@ class _EstimateState:
     ctx: StageContext
     net: InitGenerator
     dataset: Any
-    index: dict[str, int]
     crf: Any
 
 
@@ -339,14 +337,8 @@ def _setup_estimate(ctx: StageContext) -> _EstimateState:
     net = InitGenerator(m, _no_weights(m.init.model), ctx.meta.num_classes)
     ctx.load_weights(net, ctx.checkpoint("train_init"))
     net.to(ctx.device).eval()
-    crf = None
-    if m.estimate.crf is not None:
-        if m.estimate.crf not in CRF_PRESETS:
-            raise ValueError(f"method.estimate.crf: unknown CRF preset {m.estimate.crf!r}; known: "
-                             f"{', '.join(CRF_PRESETS)}")
-        crf = functools.partial(crf_label, params=CRF_PRESETS[m.estimate.crf])
-    dataset = ctx.dataset(supervision="tags")
-    return _EstimateState(ctx, net, dataset, {sid: i for i, sid in enumerate(dataset.ids)}, crf)
+    crf = label_refiner(m.estimate.crf, key="method.estimate.crf")
+    return _EstimateState(ctx, net, ctx.dataset(supervision="tags"), crf)
 
 
 def _no_weights(model_cfg: ModelConfig) -> ModelConfig:
@@ -359,19 +351,15 @@ def _no_weights(model_cfg: ModelConfig) -> ModelConfig:
 def estimate_mask_image(state: _EstimateState, sample_id: str, path: Path) -> None:
     """Write ``<id>.png``: argmax over classes of (Σ_scales P) ⊙ v, v = the image's tags (background always 1)."""
     ctx = state.ctx
-    sample = state.dataset.load(state.index[sample_id])
+    sample = state.dataset.load_id(sample_id)
     image = ctx.image_tensor(sample[K.IMAGE])
     with ctx.autocast():
         probs = infer_probs(state.net.predict, image, scales=tuple(ctx.cfg.method.estimate.scales), average="prob")
     tags = torch.as_tensor(sample[K.TAGS], device=probs.device) > 0
     probs = probs[0] * tags[:, None, None]  # classes not in the image's tags: 0 (background is always tagged)
-    if state.crf is not None:
-        present = torch.nonzero(tags).flatten()
-        channel = probs[present].argmax(0)
-        label = present[torch.from_numpy(state.crf(sample[K.IMAGE], channel.cpu().numpy(), len(present)))
-                        .to(present.device)]
-    else:
-        label = probs.argmax(0)
+    label = probs.argmax(0).cpu()  # an untagged class (probability 0) never wins over a tagged one
+    if state.crf is not None:  # over the tagged channels only (background is always tagged)
+        label = refine_class_map(state.crf, sample[K.IMAGE], label, torch.nonzero(tags[1:]).flatten().cpu())
     save_label_png(path, label.cpu().numpy().astype(np.uint8), ctx.meta.palette)
 
 
