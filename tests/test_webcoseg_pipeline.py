@@ -17,7 +17,8 @@ from weakseg.utils.io import read_label
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs/webcoseg/webcoseg_mnv2-os16_b16-synth-128.yaml"
-STAGES = ["index_web", "cosegment", "train_init", "eval_init", "estimate_masks", "eval_estimated_masks", "train_seg", "evaluate"]
+STAGES = ["index_web", "cosegment", "train_init", "eval_init", "estimate_masks", "eval_estimated_masks", "train_seg",
+          "evaluate"]
 TINY = [
     "model.pretrained=null", "method.init.model.pretrained=null", "method.init.schedule.iters=4",
     "method.init.schedule.warmup_iters=0", "method.init.batch_size=4", "method.init.crop_size=48",

@@ -189,11 +189,11 @@ class CDSP(Method):
             pseudo_from = "make_pseudo_masks"
         else:
             reads = ("make_cam",) if source == "cam" else ()
-            config = (("method.pseudo.source", "method.pseudo.crf", "method.pseudo.crf_backend", "method.cam.eval_thres")
-                      if source == "cam" else ("method.pseudo.source", "method.pseudo.folder"))
-            stages.append(PerImageStage("make_pseudo_labels", _train_ids, _setup_pseudo_labels, make_pseudo_label_image,
-                                        reads=reads, config=DATA_TAGS + config,
-                                        doc="<id>.png: palette PNG of class ids (255 = ignore where the source says so)"))
+            config = (("method.pseudo.source", "method.pseudo.crf", "method.pseudo.crf_backend",
+                       "method.cam.eval_thres") if source == "cam" else ("method.pseudo.source", "method.pseudo.folder"))
+            stages.append(PerImageStage(
+                "make_pseudo_labels", _train_ids, _setup_pseudo_labels, make_pseudo_label_image, reads=reads,
+                config=DATA_TAGS + config, doc="<id>.png: palette PNG of class ids (255 = ignore where the source says so)"))
             pseudo_from = "make_pseudo_labels"
         train_gt = ("data.root", "data.train_list", "data.label_dir")
         stages += [
@@ -202,8 +202,9 @@ class CDSP(Method):
             PerImageStage("make_scribble_distance", _train_ids, _setup_distance, make_scribble_distance_image,
                           config=DATA_IMAGES + ("data.scribble_dir", "method.distance.lambda_s"),
                           doc="<id>.png: 8-bit D_s = 255 − min(255, ⌊√λ_s · d(x, foreground scribbles)⌋)"),
-            PerImageStage("make_pseudo_distance", _train_ids, functools.partial(_setup_distance, pseudo_from=pseudo_from),
-                          make_pseudo_distance_image, reads=(pseudo_from,),
+            PerImageStage("make_pseudo_distance", _train_ids,
+                          functools.partial(_setup_distance, pseudo_from=pseudo_from), make_pseudo_distance_image,
+                          reads=(pseudo_from,),
                           config=DATA_IMAGES + ("method.distance.lambda_c",),
                           doc="<id>.png: 8-bit D_c = min(255, ⌊√λ_c · d(x, pseudo-label contours)⌋)"),
             train_seg_stage(cls, pseudo_from, dataset=functools.partial(_train_dataset, pseudo_from=pseudo_from),

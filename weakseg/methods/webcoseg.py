@@ -38,8 +38,9 @@ from weakseg.data.web_dataset import WebSegDataset
 from weakseg.engine.config import ModelConfig, OptimConfig, ScheduleConfig
 from weakseg.losses.partial_ce import PartialCrossEntropy
 from weakseg.methods.base import Method, upsample_to
-from weakseg.methods.kit import (DATA_TAGS, RUN_EVAL, EvalStage, PerImageStage, Stage, StageContext, TrainJob, TrainSection,
-                                 TrainStage, evaluate_stage, run_train_transforms, score_masks_stage, train_seg_stage)
+from weakseg.methods.kit import (DATA_TAGS, RUN_EVAL, EvalStage, PerImageStage, Stage, StageContext, TrainJob,
+                                 TrainSection, TrainStage, evaluate_stage, run_train_transforms, score_masks_stage,
+                                 train_seg_stage)
 from weakseg.models.webcoseg_net import WebCosegNet
 from weakseg.modules.coseg import CosegConfig, CosegModels, cosegment_class
 from weakseg.modules.crf import label_refiner, refine_class_map
