@@ -189,11 +189,15 @@ class CDSP(Method):
             pseudo_from = "make_pseudo_masks"
         else:
             reads = ("make_cam",) if source == "cam" else ()
-            config = (("method.pseudo.source", "method.pseudo.crf", "method.pseudo.crf_backend",
-                       "method.cam.eval_thres") if source == "cam" else ("method.pseudo.source", "method.pseudo.folder"))
+            if source == "cam":
+                config = ("method.pseudo.source", "method.pseudo.crf", "method.pseudo.crf_backend",
+                          "method.cam.eval_thres")
+            else:
+                config = ("method.pseudo.source", "method.pseudo.folder")
             stages.append(PerImageStage(
                 "make_pseudo_labels", _train_ids, _setup_pseudo_labels, make_pseudo_label_image, reads=reads,
-                config=DATA_TAGS + config, doc="<id>.png: palette PNG of class ids (255 = ignore where the source says so)"))
+                config=DATA_TAGS + config,
+                doc="<id>.png: palette PNG of class ids (255 = ignore where the source says so)"))
             pseudo_from = "make_pseudo_labels"
         train_gt = ("data.root", "data.train_list", "data.label_dir")
         stages += [
