@@ -264,13 +264,14 @@ class _LAMFunction(torch.autograd.Function):
 
 
 class _Pairs:
-    """Square tiles of an N×h×w grid and the tile pairs within the window, each unordered pair once.
+    """Tiles of an N×h×w grid and the pairs of tiles within the window, each unordered pair once.
 
     Tiles: ty×tx positions (ty = min(tile, h), tx = min(tile, w)), ny×nx per image, the last ones completed with
-    padding; tile id = (image·ny + row)·nx + col, position p = r·tx + c inside a tile (t2 = ty·tx).
-    Pairs (A, B = A + o) for the half set of tile offsets o = (dy, dx) with dy > 0, or dy = 0 and dx ≥ 0, and
-    |dy| ≤ ry, |dx| ≤ rx, where ry = ⌈radius / ty⌉ (no position pair of tiles farther apart is within the window);
-    B in the grid. The block Z_AB[i, j] = z[a_i, b_j] holds the logits of both directions (z is symmetric).
+    padding; tile id = (image·ny + row)·nx + col, position p = r·tx + c inside a tile (t2 = ty·tx positions).
+    Pairs (A, B = A + o) for the half set of tile offsets o = (dy, dx): dy > 0, or dy = 0 and dx ≥ 0, with
+    |dy| ≤ ⌈radius / ty⌉ and |dx| ≤ ⌈radius / tx⌉ (tiles farther apart hold no position pair within the window),
+    and B inside the grid. A block Z_AB[i, j] = z[a_i, b_j] serves both directions (z is symmetric); offset 0's
+    blocks Z_AA are the tiles' own t2×t2 logits.
     """
 
     def __init__(self, n: int, h: int, w: int, tile: int, radius: int, sigma: float, dtype: torch.dtype, device):
@@ -285,10 +286,10 @@ class _Pairs:
                                                               for dx in range(-rx, rx + 1)]
         r = torch.arange(self.t2, device=device) // self.tx
         c = torch.arange(self.t2, device=device) % self.tx
-        # per offset: the t2×t2 logit bias −Δ²/(2σ²) between the positions of A (rows) and B (columns)
-        biases, self.pairs = [], []
         tiles = torch.arange(self.num_tiles, device=device).view(n, self.ny, self.nx)
+        biases, self.pairs = [], []
         for dy, dx in self.offsets:
+            # t2×t2 logit bias −Δ²/(2σ²) between the positions of A (rows) and of B (columns), _NEG off the window
             drow = (dy * self.ty + r[None, :] - r[:, None]).to(dtype)
             dcol = (dx * self.tx + c[None, :] - c[:, None]).to(dtype)
             bias = (drow.square() + dcol.square()).mul_(-1.0 / (2.0 * sigma * sigma))
@@ -296,144 +297,132 @@ class _Pairs:
             a = tiles[:, : self.ny - dy, max(0, -dx): self.nx - max(0, dx)].reshape(-1)
             self.pairs.append((a, a + dy * self.nx + dx))
         self.bias = torch.stack(biases)  # offsets×t2×t2
-        # padded positions (last tile row / column) must never be sources: _NEG on their rows and columns
+        # positions completing the last tiles are no sources: _NEG on their rows and columns of every block
         self.pad = None
         if self.ny * self.ty != h or self.nx * self.tx != w:
-            self.pad = self.tile_cf(torch.zeros(n, 1, h, w, dtype=dtype, device=device), fill=_NEG)[:, 0]  # T×t2
+            self.pad = self.tile(torch.zeros(n, 1, h, w, dtype=dtype, device=device), fill=_NEG)[:, 0]  # T×t2
+        # weights kept by the forward for the backward: two per block (both directions), one per Z_AA
+        blocks = sum(a.shape[0] for a, _ in self.pairs)
+        self.num_weights = (2 * blocks - self.pairs[0][0].shape[0]) * self.t2 * self.t2
 
     def chunks(self, chunk_elements: int):
-        """Yield (offset index, A tile ids, B tile ids) per chunk of at most ``chunk_elements`` logits (≥ 1 pair)."""
+        """Yield (offset index, A tile ids, B tile ids) per chunk of at most ``chunk_elements`` logits (≥ 1 block),
+        offset by offset."""
         step = max(1, chunk_elements // (self.t2 * self.t2))
         for k, (a, b) in enumerate(self.pairs):
             for lo in range(0, a.shape[0], step):
                 yield k, a[lo: lo + step], b[lo: lo + step]
 
-    @property
-    def num_logits(self) -> int:
-        return sum(a.shape[0] for a, _ in self.pairs) * self.t2 * self.t2
-
-    def tile_cf(self, x: Tensor, fill: float = 0.0) -> Tensor:
-        """N×K×h×w → T×K×t2 tiles, channels first (padding = ``fill``)."""
+    def tile(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """N×K×h×w → T×K×t2 tiles, channels first (``fill`` on the positions completing the last tiles)."""
         k = x.shape[1]
         x = F.pad(x, (0, self.nx * self.tx - self.w, 0, self.ny * self.ty - self.h), value=fill)
         x = x.reshape(self.n, k, self.ny, self.ty, self.nx, self.tx).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(self.num_tiles, k, self.t2)
 
-    def tile_cl(self, x: Tensor) -> Tensor:
-        """N×K×h×w → T×t2×K tiles, channels last (zero padding)."""
-        k = x.shape[1]
-        x = F.pad(x, (0, self.nx * self.tx - self.w, 0, self.ny * self.ty - self.h))
-        x = x.reshape(self.n, k, self.ny, self.ty, self.nx, self.tx).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(self.num_tiles, self.t2, k)
-
-    def untile_cf(self, x: Tensor) -> Tensor:
+    def untile(self, x: Tensor) -> Tensor:
         """T×K×t2 → N×K×h×w (padding cropped)."""
         k = x.shape[1]
         x = x.reshape(self.n, self.ny, self.nx, k, self.ty, self.tx).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(self.n, k, self.ny * self.ty, self.nx * self.tx)[:, :, : self.h, : self.w].contiguous()
 
-    def untile_cl(self, x: Tensor) -> Tensor:
-        """T×t2×K → N×K×h×w (padding cropped)."""
-        k = x.shape[2]
-        x = x.reshape(self.n, self.ny, self.nx, self.ty, self.tx, k).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(self.n, k, self.ny * self.ty, self.nx * self.tx)[:, :, : self.h, : self.w].contiguous()
-
     def logits(self, feat_t: Tensor, k: int, a: Tensor, b: Tensor) -> Tensor:
-        """B×t2×t2 blocks Z_AB = F_A·F_Bᵀ + bias of offset k (feat_t: T×t2×D tiles)."""
-        fa, fb = feat_t.index_select(0, a), feat_t.index_select(0, b)
-        z = torch.baddbmm(self.bias[k], fa, fb.transpose(1, 2))
+        """B×t2×t2 blocks Z_AB = F_Aᵀ·F_B + bias of offset k (feat_t: T×D×t2 tiles)."""
+        z = torch.baddbmm(self.bias[k], feat_t.index_select(0, a).transpose(1, 2), feat_t.index_select(0, b))
         if self.pad is not None:
             z += self.pad.index_select(0, a)[:, :, None]
             z += self.pad.index_select(0, b)[:, None, :]
         return z
 
+    def weights(self, z: Tensor, top: Tensor, k: int, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Unnormalised weights of a chunk of blocks (z is overwritten): E_ab[i, j] = exp(z[a_i, b_j] − max_b) of
+        source a_i for target b_j and, off offset 0, E_ba[i, j] = exp(z[a_i, b_j] − max_a) of source b_j for
+        target a_i; ``top``: T×t2 max logit per target."""
+        e_ba = _exp_(z - top.index_select(0, a)[:, :, None]) if k else None
+        return _exp_(z.sub_(top.index_select(0, b)[:, None, :])), e_ba
+
 
 class _LAMPairsFunction(torch.autograd.Function):
-    """Windowed LAM over symmetric tile pairs (eager mode). Inputs S N×C×h×w and F N×D×h×w of the same dtype."""
+    """Windowed LAM over pairs of tiles (eager mode). Inputs S N×C×h×w and F N×D×h×w of the same dtype."""
 
     @staticmethod
     def forward(ctx, seg: Tensor, feat: Tensor, sigma: float, radius: int, tile: int, chunk_elements: int,
                 save_elements: int):
         n, c, h, w = seg.shape
         g = _Pairs(n, h, w, tile, radius, sigma, seg.dtype, seg.device)
-        feat_t = g.tile_cl(feat).contiguous()  # T×t2×D
-        # S | 1 per position, channels first: one skinny matmul per direction gives Σ_a E[a, b]·S_a and Σ_a E[a, b]
-        seg1 = g.tile_cf(torch.cat([seg, torch.ones_like(seg[:, :1])], dim=1)).contiguous()  # T×(C+1)×t2
-        store = g.num_logits <= save_elements
-        # pass 1: the max logit of every target over all its sources (both directions of every block)
+        feat_t = g.tile(feat).contiguous()  # T×D×t2
+        # S | 1 per source: one skinny matmul per direction gives both Σ_a E[a, b]·S_a and Σ_a E[a, b]
+        seg1 = g.tile(torch.cat([seg, torch.ones_like(seg[:, :1])], dim=1)).contiguous()  # T×(C+1)×t2
+        store = g.num_weights <= save_elements
+        # pass 1: every target's max logit over its sources, from the columns and (off offset 0) rows of the blocks
         top = torch.full((g.num_tiles, g.t2), -math.inf, dtype=seg.dtype, device=seg.device)
-        saved = []
+        logits = []
         for k, a, b in g.chunks(chunk_elements):
             z = g.logits(feat_t, k, a, b)
             top.index_copy_(0, b, torch.maximum(top.index_select(0, b), z.amax(dim=1)))
-            if k:  # the diagonal offset's blocks are Z_AA: their rows are the same targets' columns
+            if k:
                 top.index_copy_(0, a, torch.maximum(top.index_select(0, a), z.amax(dim=2)))
             if store:
-                saved.append(z)
-        # pass 2: E = exp(z − max) per direction, accumulated as [Σ E·S, Σ E] per target
+                logits.append(z)
+        # pass 2: per target b, Σ_a E[a, b]·[S_a, 1] (one index_add per direction: tile ids are unique in a chunk)
         acc = torch.zeros_like(seg1)
+        saved = []
         for num, (k, a, b) in enumerate(g.chunks(chunk_elements)):
-            z = saved[num] if store else g.logits(feat_t, k, a, b)
-            e = _exp_(z - top.index_select(0, b)[:, None, :])  # [i, j]: source a_i → target b_j
-            acc.index_add_(0, b, torch.bmm(seg1.index_select(0, a), e))
+            z = logits[num] if store else g.logits(feat_t, k, a, b)
+            if store:
+                logits[num] = None
+            e_ab, e_ba = g.weights(z, top, k, a, b)
+            acc.index_add_(0, b, torch.bmm(seg1.index_select(0, a), e_ab))
             if k:
-                e = _exp_(z - top.index_select(0, a)[:, :, None])  # [i, j]: source b_j → target a_i
-                acc.index_add_(0, a, torch.bmm(seg1.index_select(0, b), e.transpose(1, 2)))
-            del e, z
-        total = acc[:, c:]  # T×1×t2, ≥ 1 (the max term)
-        out_t = acc[:, :c] / total
-        lse = top + total[:, 0].log()
-        keep = store and any(ctx.needs_input_grad[:2])
-        ctx.save_for_backward(feat_t, seg1, out_t, lse)
-        ctx.saved_logits = saved if keep else None
-        ctx.pairs = g
-        ctx.chunk_elements = chunk_elements
-        return g.untile_cf(out_t)
+                acc.index_add_(0, a, torch.bmm(seg1.index_select(0, b), e_ba.transpose(1, 2)))
+            if store:
+                saved.append((e_ab, e_ba))
+            del z, e_ab, e_ba
+        inv_total = acc[:, c:].reciprocal()  # T×1×t2; Σ_a E[a, b] ≥ 1 (the max term)
+        out_t = acc[:, :c] * inv_total
+        ctx.save_for_backward(feat_t, seg1, out_t, top, inv_total)
+        ctx.saved_weights = saved if store and any(ctx.needs_input_grad[:2]) else None
+        ctx.pairs, ctx.chunk_elements = g, chunk_elements
+        return g.untile(out_t)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        feat_t, seg1, out_t, lse = ctx.saved_tensors
-        saved, ctx.saved_logits = ctx.saved_logits, None
+        feat_t, seg1, out_t, top, inv_total = ctx.saved_tensors
+        saved, ctx.saved_weights = ctx.saved_weights, None  # freed with this backward (once_differentiable)
         g = ctx.pairs
         need_seg, need_feat = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        c = out_t.shape[1]
-        go = g.tile_cf(grad_out.contiguous())  # T×C×t2 (zero on padding)
-        # per target b: dŜ_b | −δ_b, δ_b = dŜ_b·Ŝ_b, so that dŜ_b·S_a − δ_b = [S_a, 1]·[dŜ_b, −δ_b]
-        dual = torch.cat([go, -(go * out_t).sum(dim=1, keepdim=True)], dim=1).contiguous()  # T×(C+1)×t2
+        go = g.tile(grad_out.contiguous())  # T×C×t2, zero on the padding
+        # W[a, b] = E[a, b] / Σ_a' E[a', b]: the normaliser goes onto the target side's factors, so that the
+        # kept E serve as they are. Per target b: dŜ_b | −δ_b (δ_b = dŜ_b·Ŝ_b), so that
+        # G[a, b] = W[a, b]·(dŜ_b·S_a − δ_b) = E[a, b]·([S_a, 1]·dual_b)
+        dual = torch.cat([go, -(go * out_t).sum(dim=1, keepdim=True)], dim=1).mul_(inv_total)  # T×(C+1)×t2
+        go_n = dual[:, :-1]
         grad_seg = torch.zeros_like(go) if need_seg else None
         grad_feat = torch.zeros_like(feat_t) if need_feat else None
         for num, (k, a, b) in enumerate(g.chunks(ctx.chunk_elements)):
             if saved is not None:
-                z, saved[num] = saved[num], None
-            else:
-                z = g.logits(feat_t, k, a, b)
-            # W[a_i, b_j] (source a_i, target b_j) and, off the diagonal offset, W[b_j, a_i]
-            w_ab = _exp_(z - lse.index_select(0, b)[:, None, :])
-            w_ba = _exp_(z.sub_(lse.index_select(0, a)[:, :, None])) if k else None
-            del z
+                (e_ab, e_ba), saved[num] = saved[num], None
+            else:  # the forward's values bit for bit
+                e_ab, e_ba = g.weights(g.logits(feat_t, k, a, b), top, k, a, b)
             if need_seg:  # dS_a = Σ_b W[a, b]·dŜ_b
-                grad_seg.index_add_(0, a, torch.bmm(go.index_select(0, b), w_ab.transpose(1, 2)))
+                grad_seg.index_add_(0, a, torch.bmm(go_n.index_select(0, b), e_ab.transpose(1, 2)))
                 if k:
-                    grad_seg.index_add_(0, b, torch.bmm(go.index_select(0, a), w_ba))
+                    grad_seg.index_add_(0, b, torch.bmm(go_n.index_select(0, a), e_ba))
             if need_feat:
-                # gradient of z[a, b] as an entry of column b: G[a, b] = W[a, b]·(dŜ_b·S_a − δ_b); the product
-                # F_a·F_b feeds z[a, b] and z[b, a], so dF_a = Σ_b (G[a, b] + G[b, a])·F_b
+                # F_a·F_b feeds z[a, b] (column b) and z[b, a] (column a): dF_a = Σ_b (G[a, b] + G[b, a])·F_b
                 s_a, d_a = seg1.index_select(0, a), dual.index_select(0, a)
-                s_b, d_b = (s_a, d_a) if not k else (seg1.index_select(0, b), dual.index_select(0, b))
-                dz = torch.bmm(s_a.transpose(1, 2), d_b).mul_(w_ab)
-                del w_ab
+                dz = torch.bmm(s_a.transpose(1, 2), dual.index_select(0, b) if k else d_a).mul_(e_ab)
                 if k:
-                    dz.addcmul_(torch.bmm(d_a.transpose(1, 2), s_b), w_ba)
-                    del w_ba
-                    grad_feat.index_add_(0, a, torch.bmm(dz, feat_t.index_select(0, b)))
-                    grad_feat.index_add_(0, b, torch.bmm(dz.transpose(1, 2), feat_t.index_select(0, a)))
+                    dz.addcmul_(torch.bmm(d_a.transpose(1, 2), seg1.index_select(0, b)), e_ba)
+                    grad_feat.index_add_(0, a, torch.bmm(feat_t.index_select(0, b), dz.transpose(1, 2)))
+                    grad_feat.index_add_(0, b, torch.bmm(feat_t.index_select(0, a), dz))
                 else:  # Z_AA: G[a_j, a_i] is the transposed block
-                    dz = dz + dz.transpose(1, 2)
-                    grad_feat.index_add_(0, a, torch.bmm(dz, feat_t.index_select(0, a)))
+                    grad_feat.index_add_(0, a, torch.bmm(feat_t.index_select(0, a), dz + dz.transpose(1, 2)))
                 del dz
-        grad_seg = g.untile_cf(grad_seg) if need_seg else None
-        grad_feat = g.untile_cl(grad_feat) if need_feat else None
+            del e_ab, e_ba
+        grad_seg = g.untile(grad_seg) if need_seg else None
+        grad_feat = g.untile(grad_feat) if need_feat else None
         return grad_seg, grad_feat, None, None, None, None, None
 
 
