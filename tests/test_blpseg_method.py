@@ -75,3 +75,36 @@ def test_without_lam_has_no_embedding_branch_and_requires_uper():
     assert "embed" not in method.model.eval()(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="model.head: uper"):
         BLPSeg(BLPSegConfig(), ModelConfig(backbone="mobilenet_v2", head="deeplabv3plus"), C)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_heads_and_embedding_equal_their_convolution_form(channels_last):
+    """The heads and the embedding's 1×1 conv run as matrix products over channels-last rows: same outputs and
+    gradients as the 1×1 convolutions of spec §2.3 with the same state dict."""
+    from torch import nn
+
+    from weakseg.models.blpseg_net import PatchEmbed, _MLPHead
+
+    torch.manual_seed(0)
+    head = _MLPHead(8, 4)
+    conv = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(),
+                         nn.Conv2d(8, 4, 1))
+    conv.load_state_dict(head.state_dict())  # same keys
+    embed = PatchEmbed(8)
+    x = torch.randn(2, 8, 5, 7)
+    image = torch.randn(2, 3, 18, 21)  # padded to 20 × 24
+    if channels_last:
+        x, image = x.contiguous(memory_format=torch.channels_last), image.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 4, 5, 7)
+    outs = []
+    for module in (head, conv):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        (out * upstream).sum().backward()
+        outs.append((out, xi.grad, *(p.grad for p in module.parameters())))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5)
+    ref = embed.proj(torch.nn.functional.pad(image, (0, 3, 0, 2)))
+    ref = embed.out(embed.norm(ref.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    out = embed(image)
+    assert out.shape == (2, 8, 5, 6) and torch.allclose(out, ref, atol=1e-5)

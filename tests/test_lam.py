@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weakseg.modules.lam import LAM, lam_dense, lam_windowed
+from weakseg.modules.lam import _NEG, LAM, _Pairs, lam_dense, lam_windowed
 
 
 def _inputs(n, c, d, h, w, scale=0.7, dtype=torch.float32, seed=0):
@@ -247,3 +247,63 @@ def test_default_tiling_loss_and_gradients_match_dense_float32(save_elements):
     assert abs(loss - loss_ref) < 1e-4 * abs(loss_ref)
     assert (gs - gs_ref).abs().max() < 1e-5 and (gf - gf_ref).abs().max() < 1e-4
     assert gf_ref.abs().max() > 0.1  # the feature gradient is not trivially small
+
+
+@pytest.mark.parametrize(
+    "n, c, d, h, w, sigma, radius, tile",
+    [
+        (2, 3, 5, 7, 9, 1.5, 2, 4),  # last tile row and column padded, non-square grid
+        (1, 2, 4, 21, 19, 1.5, 6, 8),  # tile pairs two tiles apart along both axes, padded borders
+        (2, 2, 3, 6, 5, 1.0, 20, 16),  # radius beyond the grid: one tile, only the diagonal block
+        (1, 2, 4, 1, 7, 1.0, 2, 4),  # one row: tiles of 1×4
+        (1, 3, 6, 16, 16, 2.0, 8, 8),  # the demo's case: 2×2 tiles, every pair within reach, no padding
+        (1, 2, 4, 17, 12, 2.0, 3, 5),  # radius not a multiple of the tile: the farthest pairs are partly in window
+    ],
+)
+def test_tile_pairs_match_halo_path_and_dense(n, c, d, h, w, sigma, radius, tile):
+    """The eager path (each pair of tiles once, both directions) against the per-tile halo path (the one ONNX export
+    traces) and the dense reference: outputs and both gradients, float64."""
+    seg, feat = _inputs(n, c, d, h, w, dtype=torch.float64, seed=h)
+    upstream = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    results = []
+    for fn in (lambda s, f: lam_windowed(s, f, sigma, radius, tile=tile),
+               lambda s, f: lam_windowed(s, f, sigma, radius, tile=tile, impl="halo"),
+               lambda s, f: lam_dense(s, f, sigma, radius, eps=0.0)):
+        s, f = seg.clone().requires_grad_(), feat.clone().requires_grad_()
+        out = fn(s, f)
+        (out * upstream).sum().backward()
+        results.append((out, s.grad, f.grad))
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert (x - y).abs().max() < 1e-12
+
+
+def test_tile_pairs_cover_each_window_pair_once():
+    """Every ordered pair (source, target) of grid positions within the window is served by exactly one block entry
+    with its Gaussian bias: an entry [i, j] of an off-diagonal block serves (a_i, b_j) and (b_j, a_i), one of a
+    tile's own block Z_AA serves (a_i, a_j) only. Block entries between real positions outside the window are
+    _NEG."""
+    h, w, radius, tile, sigma = 11, 13, 5, 4, 2.0
+    g = _Pairs(1, h, w, tile, radius, sigma, torch.float64, "cpu")
+    # tile position → flat grid position (−1: padding completing the last tiles)
+    pos = g.tile(torch.arange(h * w).view(1, 1, h, w).double(), fill=-1.0)[:, 0].long()
+    count = torch.zeros(h * w, h * w, dtype=torch.long)
+    bias = torch.full((h * w, h * w), float("nan"), dtype=torch.float64)
+    for k, (a, b) in enumerate(g.pairs):
+        for ta, tb in zip(a.tolist(), b.tolist()):
+            pa, pb = pos[ta][:, None].expand(-1, g.t2), pos[tb][None, :].expand(g.t2, -1)
+            real = (pa >= 0) & (pb >= 0)
+            inside = real & (g.bias[k] > _NEG / 2)
+            ones = torch.ones(int(inside.sum()), dtype=torch.long)
+            count.index_put_((pa[inside], pb[inside]), ones, accumulate=True)
+            if k:
+                count.index_put_((pb[inside], pa[inside]), ones, accumulate=True)
+            bias[pa[real], pb[real]] = g.bias[k][real]
+    ys, xs = torch.arange(h * w) // w, torch.arange(h * w) % w
+    dy, dx = ys[:, None] - ys[None, :], xs[:, None] - xs[None, :]
+    window = (dy.abs() <= radius) & (dx.abs() <= radius)
+    assert torch.equal(count, window.long())
+    covered = ~torch.isnan(bias)
+    gauss = -(dy.square() + dx.square()).double() / (2 * sigma**2)
+    assert torch.equal(bias[covered & window], gauss[covered & window])
+    assert (bias[covered & ~window] == _NEG).all()
