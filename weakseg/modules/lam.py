@@ -19,28 +19,48 @@ radius ≥ max(h, w) − 1 the result is the untruncated formula of the spec. Th
 the spec: a source at distance d has weight ≤ exp(Δz_feat − d²/(2σ²)), so it is negligible unless dot products
 of far-away features exceed the near ones by ≳ 8 (the Gaussian term at one axis-aligned radius).
 
-Implementation (blocked local attention, flash-attention style):
-    * Targets are cut into tiles of ty×tx positions (ty = min(tile, h), tx = min(tile, w); the last tiles are
-      completed with zero padding, cropped away). Each tile attends to its halo: ky×kx source positions with
-      ky = min(ty + 2·radius, h), kx = min(tx + 2·radius, w), *clamped into the grid* (a tile near a border takes
-      the ky rows nearest to it, not rows outside the image). The halo always holds the whole window of every target
-      of the tile, and every source is a real grid position, so no source needs masking for being out of the grid,
-      and a grid smaller than the window costs no more than the dense form (a 16² grid at radius 8: 256 sources per
-      tile, not 32² = 1024 with zero-padded halos).
-    * One batched matmul per chunk of tiles gives the B×(ty·tx)×(ky·kx) logits, added onto a per-tile bias: the
-      Gaussian term −Δ²/(2σ²) per axis (separable, from two small per-tile-row / per-tile-column tables), _NEG outside
-      the square window. The target-side weights are a fused ``softmax``.
-      Tiles are processed in chunks of at most ``chunk_elements`` logits, so the workspace is constant and the
-      total work grows with positions × window, never positions² (beyond the window's own size).
-    * A custom ``torch.autograd.Function`` stores S, F, the output Ŝ and the log-sum-exp per target, and the
-      logits themselves when all of them fit ``save_elements`` (then the backward skips their matmul; otherwise it
-      recomputes them per chunk, the same values bit for bit). Because the window and the Gaussian are symmetric,
-      every gradient is a *gather* over the halo (no scatter-add): for a tile of positions t and its halo h,
-      dF_t = Σ_h dz[t, h] F_h (t as target) + Σ_h dz[h, t] F_h (t as source), dS_t = Σ_h W[t, h] dŜ_h; the
-      rank-(C+1) factors dŜ_h·S_t − δ_h and dŜ_t·S_h − δ_t come from one small matmul each.
+Implementation, eager mode (``_LAMPairsFunction``: each pair of tiles once):
+    * The grid is cut into tiles of ty×tx positions (ty = min(tile, h), tx = min(tile, w); the last ones completed
+      with padding that is never a source). z is symmetric (F_a·F_b, and the Gaussian and the window are symmetric
+      in a, b), so the t2×t2 block Z_AB = F_Aᵀ·F_B + bias of a pair of tiles serves both directions: column j holds
+      the logits of target b_j over the sources of A, row i those of target a_i over the sources of B. Only the half
+      set of tile offsets o = (dy, dx) (dy > 0, or dy = 0 and dx ≥ 0) with |dy| ≤ ⌈radius/ty⌉, |dx| ≤ ⌈radius/tx⌉
+      is computed, and only pairs with both tiles in the grid: on the horse network's 48² grid at radius 16, tile 8,
+      306 blocks of 64² per image (1.25 M logits) where a 40² halo per tile took 36 × 64 × 40² = 3.7 M, of which
+      the positions of the clamped halos beyond the window (up to 4 tiles away at a border) were masked anyway.
+      One batched matmul per chunk of pairs (all of one offset, so one bias table): the bias is −Δ²/(2σ²) and _NEG
+      outside the window.
+    * Forward: pass 1, the max logit of every target over all its blocks (column and row maxima of each block);
+      pass 2, E = exp(z − max) per direction and one skinny matmul each, [S_A; 1]·E, accumulated per target tile
+      (``index_add_``; tile ids are unique within a chunk) into Σ_a E[a, b]·S_a and Σ_a E[a, b] (≥ 1: the max term).
+      Ŝ_b is their ratio.
+    * Backward: W[a, b] = E[a, b] / Σ_a' E[a', b]; the normaliser is put onto the target's factors (dŜ_b, δ_b), so
+      the forward's E serve unchanged: G[a, b] = W[a, b]·(dŜ_b·S_a − δ_b) = E[a, b]·([S_a, 1]·[dŜ_b, −δ_b]/ΣE_b),
+      one rank-(C+1) matmul per direction; the product F_a·F_b feeds z[a, b] and z[b, a], so
+      dF_A += (G_AB + G_BAᵀ)·F_B and dF_B += (G_AB + G_BAᵀ)ᵀ·F_A (for Z_AA: dF_A += (G + Gᵀ)·F_A);
+      dS_a = Σ_b W[a, b]·dŜ_b likewise per direction.
+    * The forward keeps the E blocks (two per pair, one per Z_AA) for the backward when there are at most
+      ``save_elements`` of them; otherwise the forward computes each block's logits twice (once per pass) and the
+      backward recomputes E per chunk, the same values bit for bit. Tiles are processed in chunks of at most
+      ``chunk_elements`` logits: the workspace is constant and the work grows with positions × window.
     * Dot products and exponentials run in float32 (float64 inputs stay float64), with max subtraction, also
       under fp16/bf16 autocast (the reference's raw exp(F·F) overflows fp16). The output is cast back to the
       dtype of ``seg``; it is a convex combination of ``seg`` values, so it cannot overflow that dtype.
+    * Measured (CPU, one thread, forward + backward at the horse shapes 8 × 48², C = 2, D = 128, σ = 4, tile 8):
+      0.25–0.30 s of CPU time against 0.61–0.66 s for the halo path below, interleaved in one process.
+
+Implementation for tracing (``_LAMFunction``, blocked local attention with per-tile halos; also ``impl="halo"``):
+    * Targets are cut into tiles as above. Each tile attends to its halo: ky×kx source positions with
+      ky = min(ty + 2·radius, h), kx = min(tx + 2·radius, w), *clamped into the grid* (a tile near a border takes
+      the ky rows nearest to it, not rows outside the image). The halo always holds the whole window of every target
+      of the tile, and every source is a real grid position, so no source needs masking for being out of the grid.
+    * One batched matmul per chunk of tiles gives the B×(ty·tx)×(ky·kx) logits, added onto a per-tile bias: the
+      Gaussian term −Δ²/(2σ²) per axis (separable, from two small per-tile-row / per-tile-column tables), _NEG outside
+      the square window. The target-side weights are a fused ``softmax``.
+    * A custom ``torch.autograd.Function`` stores S, F, the output Ŝ and the log-sum-exp per target, and the
+      logits themselves when all of them fit ``save_elements`` (otherwise the backward recomputes them per chunk).
+      Every gradient is a *gather* over the halo (no scatter-add): for a tile of positions t and its halo h,
+      dF_t = Σ_h dz[t, h] F_h (t as target) + Σ_h dz[h, t] F_h (t as source), dS_t = Σ_h W[t, h] dŜ_h.
     * ONNX: the graph is traced (``weakseg export``) with dynamic batch and image size. Every size below is derived
       from the input's traced shape with tensor operations (``min(tile, h)`` is the length of ``arange(h)[:tile]``,
       tile starts and halo offsets are ``arange`` results), and the result of each chunk is a new tensor, never a
@@ -48,7 +68,8 @@ Implementation (blocked local attention, flash-attention style):
       whose LAM output was a constant). The one thing a trace cannot follow is a Python loop over chunks, so a trace
       always takes the one-chunk path (``torch.jit.is_tracing()``; the same code eager mode runs for any input below
       ``chunk_elements`` logits): the exported graph computes all tiles of an input in one batch, e.g. ≈ 150 MiB of
-      logits for a 500×375 image at σ = 6.
+      logits for a 500×375 image at σ = 6. (The pair path's pair lists are Python-sized from the input shape, which
+      a trace would freeze; so tracing always takes this path.)
 
 Nothing depends on the input size: the module has no parameters or buffers (empty ``state_dict``).
 """
@@ -72,9 +93,10 @@ _NEG = -1.0e30
 # (``torch.softmax`` has no such slow path: measured 0.35 ms vs 3.0 ms for exp_ on 256×2304 half-masked logits.)
 _EXP_FLOOR = -80.0
 _EXP_CUT = 2.0e-35
-# Default budget of logits the forward keeps for the backward (2^26 float32 = 256 MiB): BLPSeg's CPU horse network
-# (8 × 48² grid, σ = 4, tile 8: 8 × 36 tiles × 64 × 40²) needs 29.5 M and saves its backward one logits matmul of
-# two; the paper's 10 × 96² grid at σ = 6 (289 M at tile 8) recomputes them.
+# Default budget of values the forward keeps for the backward (2^26 float32 = 256 MiB): the pair path keeps its
+# weights E, BLPSeg's CPU horse network (8 × 48² grid, σ = 4, tile 8: 8 × (2 × 270 + 36) blocks of 64²) 18.9 M, and
+# its backward then has no logits matmul and no exp; the paper's 10 × 96² grid at σ = 6 (≈ 270 M) recomputes them.
+# The halo path (tracing) keeps its logits under the same budget.
 SAVE_ELEMENTS = 1 << 26
 
 
@@ -448,11 +470,16 @@ def lam_windowed(
     save_elements: int = SAVE_ELEMENTS,
     impl: str = "auto",
 ) -> Tensor:
-    """Functional form of :class:`LAM` (same arguments and result)."""
+    """Functional form of :class:`LAM` (same arguments and result).
+
+    ``impl``: ``"auto"`` computes each pair of tiles once (``_LAMPairsFunction``), except while tracing (ONNX
+    export), which takes the per-tile halo path; ``"halo"`` forces the halo path (tests compare the two)."""
     _check_inputs(seg, feat)
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     radius = math.ceil(4 * sigma) if radius is None else int(radius)
+    if impl not in ("auto", "halo"):
+        raise ValueError(f"impl must be 'auto' or 'halo', got {impl!r}")
     if radius < 0 or tile < 1 or chunk_elements < 1 or save_elements < 0:
         raise ValueError(f"need radius >= 0, tile >= 1, chunk_elements >= 1, save_elements >= 0; got {radius}, {tile}, "
                          f"{chunk_elements}, {save_elements}")
@@ -474,13 +501,14 @@ class LAM(nn.Module):
         sigma: Gaussian σ of the spatial prior, in grid cells (BLPSeg: 6 cells at stride 4 = 24 input pixels).
         radius: half-width of the square window (|Δrow|, |Δcol| ≤ radius); ``None`` → ceil(4σ). Any value
             ≥ max(h, w) − 1 gives the untruncated formula.
-        tile: side of the target tiles of the blocked computation (a speed knob only; the result does not
-            depend on it). Default 8: on the horse network's 48² grid at radius 16, 40² sources per 8² targets
-            (1.6 k logits per target) instead of the whole 48² grid per 16² tile (2.3 k), measured 1.3× faster.
+        tile: side of the tiles of the blocked computation (a speed knob only; the result does not depend on it).
+            Default 8: on the horse network's 48² grid at radius 16 (a multiple of 8, so the farthest tile pairs
+            are two tiles apart) the pair path measured 0.25 s forward + backward, against 0.30–0.40 s at tiles 6,
+            12 and 16; on the demo's 16² grid at radius 8 all sizes from 4 to 16 are within 0.002 s.
         chunk_elements: number of logits computed at once (bounds the workspace; a memory knob only).
-        save_elements: the forward keeps all logits for the backward when there are at most this many (default
-            2^26, 256 MiB in float32; 0 = always recompute). A speed/memory knob only: the gradients are the same
-            bit for bit.
+        save_elements: the forward keeps the values its backward needs (the pair path's weights, two per block;
+            the halo path's logits) when there are at most this many (default 2^26, 256 MiB in float32; 0 = always
+            recompute). A speed/memory knob only: the gradients are the same bit for bit.
 
     Shapes:
         seg: N×C×h×w float logits. feat: N×D×h'×w' float shallow features (bilinearly resized to h×w,
