@@ -5,7 +5,9 @@
 
 Implementations, all on the same inputs (fixed seed; smooth random S and F with ‖F‖ = 3, a fixed random upstream
 gradient), fp32, batch 1:
-    * ``windowed``: :class:`weakseg.modules.lam.LAM` (blocked local attention, recompute backward);
+    * ``windowed``: :class:`weakseg.modules.lam.LAM` (eager mode: each pair of tiles within the window once, for
+      both directions; its weights, 21 M / 41 M / 67 M values at 96² / 128² / 160², fit the default
+      ``save_elements`` = 2^26, so the backward reuses them);
     * ``dense``: :func:`weakseg.modules.lam.lam_dense`, the spec's four steps with n×n matrices (A_feat, G, K, W),
       truncated to the same window, differentiated by autograd — what the reference code does;
     * ``dense-softmax``: the leanest dense form, W = softmax_a(FᵀF − ‖Δp‖²/(2σ²)) with the window as a mask (one

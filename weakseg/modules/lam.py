@@ -95,7 +95,7 @@ _EXP_FLOOR = -80.0
 _EXP_CUT = 2.0e-35
 # Default budget of values the forward keeps for the backward (2^26 float32 = 256 MiB): the pair path keeps its
 # weights E, BLPSeg's CPU horse network (8 × 48² grid, σ = 4, tile 8: 8 × (2 × 270 + 36) blocks of 64²) 18.9 M, and
-# its backward then has no logits matmul and no exp; the paper's 10 × 96² grid at σ = 6 (≈ 270 M) recomputes them.
+# its backward then has no logits matmul and no exp; the paper's 10 × 96² grid at σ = 6 (212 M) recomputes them.
 # The halo path (tracing) keeps its logits under the same budget.
 SAVE_ELEMENTS = 1 << 26
 
