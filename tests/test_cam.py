@@ -148,3 +148,37 @@ def test_cam_to_label_by_hand():
     assert label.dtype == torch.int64
     with pytest.raises(ValueError):
         cam_to_label(cams, keys[:1], 0.2)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+def test_cam_net_feature_stage_reads_an_early_map_and_drops_the_rest(backbone):
+    from weakseg.models.cam_net import CAMNet
+
+    torch.manual_seed(0)
+    full = CAMNet(backbone, 3, output_stride=16, frozen_stages=-1)
+    early = CAMNet(backbone, 3, output_stride=16, frozen_stages=-1, feature_stage=1)
+    assert (full.stride, early.stride) == (16, 4)
+    x = torch.randn(2, 3, 64, 48)
+    out = early(x)
+    assert out["cam"].shape == (2, 3, 16, 12) and out["logits"].shape == (2, 3)
+    # the classifier reads stage 1's channels; stages 2-4 are gone (no parameters, identity maps)
+    assert early.classifier.classifier.in_channels == full.backbone.feature_info[0].channels
+    assert sum(p.numel() for p in early.backbone.parameters()) < sum(p.numel() for p in full.backbone.parameters()) / 4
+    early.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")
+                           and k in early.state_dict()} | {k: v for k, v in early.state_dict().items()
+                                                            if k.startswith("classifier.")})
+    full.eval(), early.eval()
+    with torch.no_grad():
+        assert torch.allclose(early.backbone(x)[-1], full.backbone(x)[0])  # same weights → the same stage-1 map
+
+
+def test_backbone_truncate_checks_its_argument():
+    from weakseg.models.backbones import build_backbone
+
+    b = build_backbone("resnet18")
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="num_stages must be in 1..4"):
+            b.truncate(bad)
+    b.truncate(2)
+    assert [f.reduction for f in b.feature_info] == [4, 8, 8, 8]
+    assert not any(n.startswith(("layer3", "layer4")) for n, _ in b.named_parameters())

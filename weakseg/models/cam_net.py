@@ -32,19 +32,25 @@ class CAMNet(nn.Module):
         frozen_stages: stem + this many stages get no gradient (2: conv1/bn1, layer1, layer2).
         dilated: dilate the stages that give up their stride (False: IRN's ResNet-50 with strides (2, 2, 2, 1)).
         attention_k: temperature k of the attention pooling (1e-3).
+        feature_stage: the backbone stage (1-4) whose map the classifier reads; 4 (the last) in the reference.
+            An earlier stage gives finer CAMs with a smaller receptive field (stage 1: stride 4): on small images
+            the last map of a deep backbone sees the whole image at every position, so its CAMs cannot localise.
+            The stages past it are dropped (:meth:`~weakseg.models.backbones.base.Backbone.truncate`).
 
     Attributes:
-        stride: reduction of the CAMs w.r.t. the input (the last backbone map's).
+        stride: reduction of the CAMs w.r.t. the input (the classified backbone map's).
     """
 
     def __init__(self, backbone: str, num_classes: int, *, pretrained: str | Path | None = None,
                  output_stride: int = 16, norm: str = "fixed_bn", frozen_stages: int = 2, dilated: bool = False,
-                 attention_k: float = 1e-3):
+                 attention_k: float = 1e-3, feature_stage: int = 4):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes (foreground) must be ≥ 1, got {num_classes}")
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride, norm=norm,
                                        frozen_stages=frozen_stages, dilated=dilated)
+        if feature_stage != 4:
+            self.backbone.truncate(feature_stage)
         last = self.backbone.feature_info[-1]
         self.classifier = AttentionPoolClassifier(last.channels, num_classes, k=attention_k)
         self.stride: int = last.reduction

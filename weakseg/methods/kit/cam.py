@@ -62,7 +62,8 @@ def build_cam_net(section: CAMSection, num_classes: int, pretrained: bool) -> CA
                          f"'attention_pool', got {m.head!r}")
     return CAMNet(m.backbone, num_classes - 1, pretrained=m.pretrained if pretrained else None,
                   output_stride=m.output_stride, norm=m.norm, frozen_stages=section.frozen_stages,
-                  dilated=section.dilated, attention_k=section.attention_k)
+                  dilated=section.dilated, attention_k=section.attention_k,
+                  feature_stage=section.feature_stage)
 
 
 def load_cams(ctx: StageContext, sample_id: str, stage: str = "make_cam") -> dict[str, np.ndarray]:
@@ -76,8 +77,9 @@ def cam_stages(section: str = "method.cam", score_list: str | None = None) -> li
     return [
         TrainStage("train_cam", functools.partial(_build_train_cam, section=section), section=section,
                    config=DATA_TAGS + section_paths(section, "model", "optim", "schedule", "batch_size",
-                                                    "frozen_stages", "dilated", "attention_k", "flip_prob",
-                                                    "resize_long", "crop_size") + ("engine.seed", "engine.amp"),
+                                                    "frozen_stages", "dilated", "attention_k", "feature_stage",
+                                                    "flip_prob", "resize_long", "crop_size")
+                   + ("engine.seed", "engine.amp"),
                    doc="CAM net (attention pooling) on the image tags; train_cam/model_final.pth"),
         PerImageStage("make_cam", lambda ctx: ctx.train_ids(), functools.partial(_setup_make_cam, section=section),
                       make_cam_image, ext=".npz", reads=("train_cam",),

@@ -54,6 +54,7 @@ class CAMSection(TrainSection):
     frozen_stages: int = 2  # stem + this many stages get no gradient (conv1/bn1, layer1, layer2)
     dilated: bool = False  # dilate the stages past the output stride (False: IRN's strides (2, 2, 2, 1))
     attention_k: float = 1e-3  # temperature k of the attention pooling
+    feature_stage: int = 4  # backbone stage (1-4) the classifier reads; earlier = finer CAMs (for small images)
     flip_prob: float = 0.5  # horizontal flip probability of training
     resize_long: tuple[int, int] = (320, 512)  # random long-side resize range of training (inclusive)
     crop_size: int = 512  # random crop of training (padding 0 after normalisation)

@@ -134,3 +134,21 @@ class Backbone(nn.Module):
                 if frozen is not module:
                     set_submodule(self, name, frozen)
 
+    def truncate(self, num_stages: int) -> None:
+        """Keep the stem and the first ``num_stages`` stages; the later ones become ``nn.Identity``.
+
+        ``forward`` still returns four maps, those past ``num_stages`` being the last kept map again, and
+        ``feature_info`` says so; the dropped stages' parameters are gone (a network that reads an early map, e.g. a
+        CAM classifier on stride-4 features, neither computes nor stores the rest). Call it after loading weights.
+
+        Raises:
+            ValueError: if ``num_stages`` is outside 1..4.
+        """
+        if not 1 <= num_stages <= len(self.stage_modules) - 1:
+            raise ValueError(f"num_stages must be in 1..{len(self.stage_modules) - 1}, got {num_stages}")
+        for names in self.stage_modules[num_stages + 1:]:
+            for name in names:
+                set_submodule(self, name, nn.Identity())
+        kept = self.feature_info[num_stages - 1]
+        self.feature_info[num_stages:] = [kept] * (len(self.feature_info) - num_stages)
+
