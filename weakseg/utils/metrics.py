@@ -33,6 +33,8 @@ class ConfusionMatrix:
         the pixel adds to the ground-truth total of its class (a miss) but to no predicted class.
         Ground-truth values ≥ C other than the ignore index raise ValueError.
         """
+        pred, target = (torch.from_numpy(np.array(a, dtype=np.int64)) if isinstance(a, np.ndarray) else a
+                        for a in (pred, target))  # a copy: read-only arrays (np.load, Pillow) are fine too
         pred = torch.as_tensor(pred).reshape(-1).to("cpu", torch.int64)
         target = torch.as_tensor(target).reshape(-1).to("cpu", torch.int64)
         if pred.shape != target.shape:
