@@ -115,8 +115,11 @@ def _leaf_defaults(defaults: dict, values: dict) -> dict:
     return out
 
 
-def explain_change(old: dict, values: dict, reads: dict) -> str:
-    """What differs between a marker ``old`` and the current values / input fingerprints, for the log."""
+def explain_change(old: dict, values: dict, reads: dict, cfg: Config | None = None) -> str:
+    """What differs between a marker ``old`` and the current values / input fingerprints, for the log. With
+    ``cfg``, a path the marker does not list (declared by a later weakseg) is named only when it is not at its
+    default: at its default it is not in the fingerprint either."""
+    base = _leaf_defaults(default_values(cfg), values) if cfg is not None else {}
     if old.get("format") != FORMAT:
         return "its outputs were made by an older weakseg (no per-stage fingerprint)"
     parts = []
@@ -124,7 +127,7 @@ def explain_change(old: dict, values: dict, reads: dict) -> str:
     for key in sorted(set(before) | set(values)):
         if key in before and before[key] != values.get(key, "<absent>"):
             parts.append(f"{key} changed ({before[key]!r} → {values.get(key, '<absent>')!r})")
-        elif key not in before:
+        elif key not in before and not (key in base and base[key] == values[key]):
             parts.append(f"{key} set ({values[key]!r})")
     for name in sorted(set(old.get("reads", {})) | set(reads)):
         if old.get("reads", {}).get(name) != reads.get(name):
@@ -219,11 +222,11 @@ def stage_status(cfg: Config) -> list[dict]:
         if (sdir / DONE).exists():
             old = load_json(sdir / DONE)
             fresh = old.get("fingerprint") == h
-            state, why = ("complete", "") if fresh else ("stale", explain_change(old, values, reads))
+            state, why = ("complete", "") if fresh else ("stale", explain_change(old, values, reads, cfg))
         elif (sdir / STARTED).exists():
             old = load_json(sdir / STARTED)
             state = "unfinished"
-            why = "resumes" if old.get("fingerprint") == h else "restarts: " + explain_change(old, values, reads)
+            why = "resumes" if old.get("fingerprint") == h else "restarts: " + explain_change(old, values, reads, cfg)
         rows.append({"name": stage.name, "kind": type(stage).__name__, "state": state, "why": why,
                      "section": getattr(stage, "section", None), "doc": stage.doc})
     return rows
@@ -241,13 +244,13 @@ def _run_stage(stage, ctx: StageContext, fingerprint: tuple[str, dict, dict], fo
         if old.get("fingerprint") == h:
             log.info("stage %s: complete (%s), skipped", stage.name, done)
             return old
-        log.info("stage %s: re-running: %s", stage.name, explain_change(old, values, reads))
+        log.info("stage %s: re-running: %s", stage.name, explain_change(old, values, reads, ctx.cfg))
         _clear(sdir)
     elif (sdir / STARTED).exists():
         old = load_json(sdir / STARTED)
         if old.get("fingerprint") != h:
             log.info("stage %s: discarding an unfinished run made with other settings: %s", stage.name,
-                     explain_change(old, values, reads))
+                     explain_change(old, values, reads, ctx.cfg))
             _clear(sdir)
         else:
             log.info("stage %s: resuming an unfinished run", stage.name)

@@ -88,7 +88,8 @@ def cam_stages(section: str = "method.cam", score_list: str | None = None) -> li
                           "keys K int64 0-based foreground indices (class id = key + 1)")),
         EvalStage("eval_cam", functools.partial(_eval_cam, section=section, score_list=score_list),
                   reads=("make_cam",),
-                  config=("data.label_dir", f"{section}.eval_thres") + ((score_list,) if score_list else ()),
+                  config=("data.label_dir", "eval.absent", f"{section}.eval_thres")
+                  + ((score_list,) if score_list else ()),
                   doc="mIoU of argmax([eval_thres, high_res]) on the training split; metrics.json"),
     ]
 

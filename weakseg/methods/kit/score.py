@@ -54,5 +54,5 @@ def score_masks_stage(name: str, masks_from: str, list_file: Callable[[object], 
         folder = ctx.dir(masks_from)
         return score_labels(ctx, lambda sample_id: read_label(folder / f"{sample_id}.png"), list_file(ctx.cfg))
 
-    return EvalStage(name, run, reads=(masks_from,), config=("data.label_dir",) + tuple(config),
+    return EvalStage(name, run, reads=(masks_from,), config=("data.label_dir", "eval.absent") + tuple(config),
                      doc=doc or f"mIoU of the {masks_from} masks on the training split; metrics.json")
