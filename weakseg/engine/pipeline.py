@@ -37,6 +37,7 @@ from weakseg.methods import METHODS
 from weakseg.methods.kit.stage import EvalStage, PerImageStage, StageContext, TrainStage, get_path
 from weakseg.utils import dist as wdist
 from weakseg.utils.io import load_json, write_json_atomic, write_text_atomic
+from weakseg.utils.threads import num_threads
 
 log = logging.getLogger("weakseg")
 DONE = "_done.json"
@@ -321,23 +322,87 @@ def stage_workers(requested: int | None, device: torch.device, todo: int) -> int
     return max(1, min(cores // wdist.world_size(), todo // 4))
 
 
-_WORKER: dict = {}
+def _claim(counter, total: int) -> int:
+    """The next unclaimed index of the shared item list (≥ ``total``: nothing left)."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value = index + 1
+    return index
 
 
-def _worker_init(setup, process, ext: str, ctx: StageContext, sdir: Path) -> None:
+def _helper_loop(setup, process, ext: str, ctx: StageContext, sdir: Path, todo: list[str], counter, done,
+                 errors, parent: int) -> None:
+    """A spawned helper of a per-image stage: load the stage state once, then take items until none is left."""
     torch.set_num_threads(1)  # one process per core
-    _WORKER.update(process=process, ext=ext, sdir=sdir)
     try:
-        _WORKER["state"] = setup(ctx)
-    except BaseException as exc:  # re-raised by the first item: a failing initializer would be restarted forever
-        _WORKER["error"] = exc
+        state = setup(ctx)
+        while os.getppid() == parent:  # an orphan (the run was killed) stops instead of racing a resumed run
+            index = _claim(counter, len(todo))
+            if index >= len(todo):
+                return
+            process(state, todo[index], sdir / f"{todo[index]}{ext}")
+            with done.get_lock():
+                done.value += 1
+    except BaseException as exc:  # noqa: BLE001 - handed to the main process, which re-raises it
+        with counter.get_lock():
+            counter.value = len(todo)  # the others stop after their current item
+        try:
+            errors.put(exc)
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its text
+            errors.put(RuntimeError(f"{type(exc).__name__}: {exc}"))
 
 
-def _worker_process(item: str) -> str:
-    if "error" in _WORKER:
-        raise _WORKER["error"]
-    _WORKER["process"](_WORKER["state"], item, _WORKER["sdir"] / f"{item}{_WORKER['ext']}")
-    return item
+def _process_in_parallel(stage: PerImageStage, ctx: StageContext, sdir: Path, todo: list[str], workers: int,
+                         bar) -> None:
+    """``workers`` processes share ``todo``: this one and ``workers − 1`` spawned helpers (fork is unsafe once
+    torch's thread pools exist), each taking the next unclaimed item. This process starts at once while the helpers
+    import torch and load the stage state (≈ 2-3 s each), so a short stage is not slower than one process."""
+    spawn = mp.get_context("spawn")
+    counter, done, errors = spawn.Value("l", 0), spawn.Value("l", 0), spawn.Queue()
+    helpers = [spawn.Process(target=_helper_loop, daemon=True,
+                             args=(stage.setup, stage.process, stage.ext, ctx, sdir, todo, counter, done, errors,
+                                   os.getpid()))
+               for _ in range(workers - 1)]
+    for helper in helpers:
+        helper.start()
+    shown = 0
+
+    def show() -> None:
+        nonlocal shown
+        if done.value > shown:
+            bar.update(done.value - shown)
+            shown = done.value
+
+    try:
+        with num_threads(1):
+            state = stage.setup(ctx)
+            while errors.empty():
+                index = _claim(counter, len(todo))
+                if index >= len(todo):
+                    break
+                stage.process(state, todo[index], sdir / f"{todo[index]}{stage.ext}")
+                with done.get_lock():
+                    done.value += 1
+                show()
+        while any(h.is_alive() for h in helpers) and errors.empty():
+            for helper in helpers:
+                helper.join(timeout=0.2)
+            show()
+    except BaseException:
+        with counter.get_lock():
+            counter.value = len(todo)
+        raise
+    finally:
+        for helper in helpers:
+            helper.join(timeout=30)
+            if helper.is_alive():
+                helper.terminate()
+    show()
+    if not errors.empty():
+        raise errors.get()
+    failed = [h.exitcode for h in helpers if h.exitcode]
+    if failed:
+        raise RuntimeError(f"stage {stage.name}: a worker process died (exit code {failed[0]})")
 
 
 def _run_per_image(stage: PerImageStage, ctx: StageContext, sdir: Path) -> dict:
@@ -362,11 +427,7 @@ def _run_per_image(stage: PerImageStage, ctx: StageContext, sdir: Path) -> dict:
                 stage.process(state, item, sdir / f"{item}{stage.ext}")
                 bar.update(1)
         else:
-            # spawned workers (fork is unsafe once torch's thread pools exist); each loads the stage state once
-            args = (stage.setup, stage.process, stage.ext, ctx, sdir)
-            with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=args) as pool:
-                for _ in pool.imap_unordered(_worker_process, todo):
-                    bar.update(1)
+            _process_in_parallel(stage, ctx, sdir, todo, workers, bar)
         bar.close()
     wdist.barrier()
     missing = [i for i in items if not (sdir / f"{i}{stage.ext}").exists()]
