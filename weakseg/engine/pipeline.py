@@ -7,8 +7,9 @@ stage), and every stage downstream of it follows because its inputs' fingerprint
 are kept. ``_started.json`` records the fingerprint of a stage in progress, so an interrupted stage resumes (image by
 image, or from its newest checkpoint) only when nothing it depends on changed.
 
-Per-image stages are sharded over torchrun ranks; on CPU, ``engine.stage_workers`` processes share a rank's items
-(one thread each). Rank 0 writes the markers after a barrier.
+Per-image stages are sharded over torchrun ranks; on CPU, ``engine.stage_workers`` processes (this one and helpers
+from a fork server, see ``_helper_context``) share a rank's items (one thread each). Rank 0 writes the markers after
+a barrier.
 """
 
 from __future__ import annotations
@@ -330,13 +331,35 @@ def _claim(counter, total: int) -> int:
     return index
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _helper_context():
+    """Where helpers come from: a fork server where the platform has one. The server is a fresh interpreter that
+    imports torch and weakseg once per ``weakseg run`` and never runs a torch op, so forking it is safe (no thread
+    pool exists yet) and a helper starts in milliseconds instead of importing torch again (≈ 2 s) for every stage.
+    Elsewhere: spawn (fork is unsafe once torch's thread pools exist in this process)."""
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "weakseg.methods"])  # ignored once the server runs
+        return context
+    return mp.get_context("spawn")
+
+
 def _helper_loop(setup, process, ext: str, ctx: StageContext, sdir: Path, todo: list[str], counter, done,
-                 errors, parent: int) -> None:
-    """A spawned helper of a per-image stage: load the stage state once, then take items until none is left."""
+                 errors, main: int) -> None:
+    """A helper of a per-image stage: load the stage state once, then take items until none is left."""
     torch.set_num_threads(1)  # one process per core
     try:
         state = setup(ctx)
-        while os.getppid() == parent:  # an orphan (the run was killed) stops instead of racing a resumed run
+        while _alive(main):  # an orphan (the run was killed) stops instead of racing a resumed run
             index = _claim(counter, len(todo))
             if index >= len(todo):
                 return
@@ -354,14 +377,14 @@ def _helper_loop(setup, process, ext: str, ctx: StageContext, sdir: Path, todo: 
 
 def _process_in_parallel(stage: PerImageStage, ctx: StageContext, sdir: Path, todo: list[str], workers: int,
                          bar) -> None:
-    """``workers`` processes share ``todo``: this one and ``workers − 1`` spawned helpers (fork is unsafe once
-    torch's thread pools exist), each taking the next unclaimed item. This process starts at once while the helpers
-    import torch and load the stage state (≈ 2-3 s each), so a short stage is not slower than one process."""
-    spawn = mp.get_context("spawn")
-    counter, done, errors = spawn.Value("l", 0), spawn.Value("l", 0), spawn.Queue()
-    helpers = [spawn.Process(target=_helper_loop, daemon=True,
-                             args=(stage.setup, stage.process, stage.ext, ctx, sdir, todo, counter, done, errors,
-                                   os.getpid()))
+    """``workers`` processes share ``todo``: this one and ``workers − 1`` helpers (:func:`_helper_context`), each
+    taking the next unclaimed item. This process starts at once while the helpers load the stage state, so a short
+    stage is not slower than one process."""
+    context = _helper_context()
+    counter, done, errors = context.Value("l", 0), context.Value("l", 0), context.Queue()
+    helpers = [context.Process(target=_helper_loop, daemon=True,
+                               args=(stage.setup, stage.process, stage.ext, ctx, sdir, todo, counter, done,
+                                     errors, os.getpid()))
                for _ in range(workers - 1)]
     for helper in helpers:
         helper.start()
