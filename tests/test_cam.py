@@ -150,7 +150,7 @@ def test_cam_to_label_by_hand():
         cam_to_label(cams, keys[:1], 0.2)
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "efficientnet_lite0"])
 def test_cam_net_feature_stage_reads_an_early_map_and_drops_the_rest(backbone):
     from weakseg.models.cam_net import CAMNet
 
@@ -163,13 +163,16 @@ def test_cam_net_feature_stage_reads_an_early_map_and_drops_the_rest(backbone):
     assert out["cam"].shape == (2, 3, 16, 12) and out["logits"].shape == (2, 3)
     # the classifier reads stage 1's channels; stages 2-4 are gone (no parameters, identity maps)
     assert early.classifier.classifier.in_channels == full.backbone.feature_info[0].channels
-    assert sum(p.numel() for p in early.backbone.parameters()) < sum(p.numel() for p in full.backbone.parameters()) / 4
+    count = lambda net: sum(p.numel() for p in net.backbone.parameters())  # noqa: E731
+    assert count(early) < count(full) / 4
     early.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")
                            and k in early.state_dict()} | {k: v for k, v in early.state_dict().items()
                                                             if k.startswith("classifier.")})
     full.eval(), early.eval()
     with torch.no_grad():
-        assert torch.allclose(early.backbone(x)[-1], full.backbone(x)[0])  # same weights → the same stage-1 map
+        assert torch.allclose(early.backbone(x)[0], full.backbone(x)[0])  # same weights → the same stage-1 map
+        expected = F.relu(early.classifier.classifier(full.backbone(x)[0]))
+        assert torch.allclose(early.cam(x), expected, atol=1e-6)  # the classifier reads exactly that map
 
 
 def test_backbone_truncate_checks_its_argument():
@@ -179,6 +182,10 @@ def test_backbone_truncate_checks_its_argument():
     for bad in (0, 5):
         with pytest.raises(ValueError, match="num_stages must be in 1..4"):
             b.truncate(bad)
+    with pytest.raises(ValueError, match="feature_stage must be in 1..4"):
+        from weakseg.models.cam_net import CAMNet
+
+        CAMNet("resnet18", 3, feature_stage=0)
     b.truncate(2)
     assert [f.reduction for f in b.feature_info] == [4, 8, 8, 8]
     assert not any(n.startswith(("layer3", "layer4")) for n, _ in b.named_parameters())

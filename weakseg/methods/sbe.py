@@ -172,8 +172,9 @@ def _boundary_net(s: BoundaryNetSection, pretrained: bool) -> BoundaryNet:
 
 
 class BES(Method):
-    """BES; as a ``Method`` it is the final network (DeepLab-v2 in the paper) trained with CE on the pseudo-masks (``train_seg``), so
-    ``weakseg eval --ckpt <work_dir>/train_seg/model_final.pth`` works like for any single-stage method."""
+    """BES; as a ``Method`` it is the final network (DeepLab-v2 in the paper) trained with CE on the pseudo-masks
+    (``train_seg``), so ``weakseg eval --ckpt <work_dir>/train_seg/model_final.pth`` works like for any single-stage
+    method."""
 
     Config = BESConfig
     supervision = "pseudo"

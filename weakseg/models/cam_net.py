@@ -49,21 +49,24 @@ class CAMNet(nn.Module):
             raise ValueError(f"num_classes (foreground) must be ≥ 1, got {num_classes}")
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride, norm=norm,
                                        frozen_stages=frozen_stages, dilated=dilated)
+        if not 1 <= feature_stage <= 4:
+            raise ValueError(f"feature_stage must be in 1..4, got {feature_stage}")
         if feature_stage != 4:
             self.backbone.truncate(feature_stage)
-        last = self.backbone.feature_info[-1]
+        self.feature_index = feature_stage - 1
+        last = self.backbone.feature_info[self.feature_index]
         self.classifier = AttentionPoolClassifier(last.channels, num_classes, k=attention_k)
         self.stride: int = last.reduction
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """N×3×H×W normalised images → ``{"logits": N×K float classification logits (attention pooling),
         "cam": N×K×h×w non-negative CAMs, h = ⌈H/stride⌉}`` (both keys always present)."""
-        feat = self.backbone(x)[-1]
+        feat = self.backbone(x)[self.feature_index]
         return {"logits": self.classifier(feat), "cam": self.classifier.cam(feat)}
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×H×W normalised images → N×K×h×w CAMs = ReLU(W·x), without attention (inference, §4.2)."""
-        return self.classifier.cam(self.backbone(x)[-1])
+        return self.classifier.cam(self.backbone(x)[self.feature_index])
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``backbone`` (trainable conv weights), ``backbone_norm`` (trainable BN γ/β and biases) and

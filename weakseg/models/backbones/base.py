@@ -137,9 +137,11 @@ class Backbone(nn.Module):
     def truncate(self, num_stages: int) -> None:
         """Keep the stem and the first ``num_stages`` stages; the later ones become ``nn.Identity``.
 
-        ``forward`` still returns four maps, those past ``num_stages`` being the last kept map again, and
-        ``feature_info`` says so; the dropped stages' parameters are gone (a network that reads an early map, e.g. a
-        CAM classifier on stride-4 features, neither computes nor stores the rest). Call it after loading weights.
+        ``forward`` still returns four maps; read map ``num_stages − 1``: the later ones are that map passed through
+        what is left of the dropped stages (identities, and e.g. EfficientNet's head activation), and their
+        ``feature_info`` entries repeat its. The dropped stages' parameters are gone (a network that reads an early
+        map, e.g. a CAM classifier on stride-4 features, neither computes nor stores the rest). Call it after loading
+        weights.
 
         Raises:
             ValueError: if ``num_stages`` is outside 1..4.

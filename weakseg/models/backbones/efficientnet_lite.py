@@ -138,5 +138,7 @@ class EfficientNetLite0(Backbone):
             x = block(x)
             if index in self._out_indices:
                 features.append(x)
-        features.append(self._act(self._bn1(self._conv_head(x))))
+        head = self._bn1(self._conv_head(x))
+        # after ``truncate`` the head is an identity: the in-place activation must not overwrite the kept map
+        features.append(self._act(head.clone() if head is x else head))
         return features
