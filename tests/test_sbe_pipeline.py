@@ -370,3 +370,16 @@ def test_explain_change_names_a_newly_declared_path_only_off_its_default():
     assert "eval.absent set ('zero')" in explain_change(old, values, {"make_cam": "b"})  # without cfg: listed
     nan = load_config(PRESETS["bes"], ["eval.absent=nan"])
     assert "eval.absent set ('nan')" in explain_change(old, {**values, "eval.absent": "nan"}, {"make_cam": "a"}, nan)
+
+
+def test_a_training_stage_does_not_depend_on_what_ran_before_it_in_the_process(synth, bes_run, tmp_path):
+    """train_seg re-run alone, after other random draws in this process, gives the weights the whole pipeline gave
+    (the stage's network is built after seeding, not from whatever state earlier stages left)."""
+    work, _ = bes_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    torch.rand(1000), np.random.rand(10)  # move the global random states
+    run_pipeline(tiny_cfg("bes", synth, copy), only=["train_seg"], force=True)
+    a = torch.load(work / "train_seg" / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(copy / "train_seg" / "model_final.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -32,7 +32,7 @@ from weakseg.engine.checkpoint import load_checkpoint
 from weakseg.engine.config import (Config, ConfigError, build_config, config_hash, dump_yaml, resolve_work_dir,
                                    to_dict)
 from weakseg.engine.evaluator import evaluate
-from weakseg.engine.runtime import progress, setup_logging
+from weakseg.engine.runtime import progress, seed_everything, setup_logging
 from weakseg.engine.trainer import Trainer
 from weakseg.methods import METHODS
 from weakseg.methods.kit.stage import EvalStage, PerImageStage, StageContext, TrainStage, get_path
@@ -300,6 +300,9 @@ def stage_config(cfg: Config, section: Any) -> Config:
 
 
 def _run_train(stage: TrainStage, ctx: StageContext, sdir: Path) -> dict:
+    # the stage builds its network before the Trainer seeds: seed here too, so that the initial weights (and so the
+    # whole stage) do not depend on what ran earlier in this process (other stages, per-image work done here)
+    seed_everything(ctx.cfg.engine.seed + wdist.rank())
     job = stage.build(ctx)
     section = get_path(ctx.cfg, stage.section) if stage.section else None
     trainer = Trainer(stage_config(ctx.cfg, section), resume=True, method=job.module, train_dataset=job.dataset,
