@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from weakseg.data.meta import voc_palette
 from weakseg.data.synth import _grid, _smooth_noise, write_segmentation_set
-from weakseg.utils.io import save_image, save_label_png, write_text_atomic
+from weakseg.data.synth_web import write_web_set
+from weakseg.utils.io import write_text_atomic
 
 DEMO_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
 
@@ -187,18 +187,9 @@ def generate_synth_demo_web(out_dir: str | os.PathLike, num_images: int = 250, s
         raise ValueError(f"need num_images >= 1, size >= 32, 0 <= noise_fraction < 1, max_objects >= 1; got "
                          f"{num_images}, {size}, {noise_fraction}, {max_objects}")
     out = Path(out_dir)
-    palette = voc_palette()
     per_class = max(1, num_images // (len(DEMO_CLASSES) - 1))
-    off_topic = 0
-    for cls, name in enumerate(DEMO_CLASSES[1:], 1):
-        for i in range(per_class):
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x3EBD, cls, i]))
-            noise = bool(rng.random() < noise_fraction)
-            off_topic += noise
-            image, mask = render_demo_web_image(cls, size, rng, max_objects, off_topic=noise)
-            save_image(out / "web" / name / f"{name}_{i:04d}.png", image)
-            save_label_png(out / "masks" / name / f"{name}_{i:04d}.png", mask, palette)
-    write_text_atomic(out / "classes.txt", "".join(f"{c}\n" for c in DEMO_CLASSES))
+    off_topic = write_web_set(out, DEMO_CLASSES, per_class, lambda cls, rng, noise: render_demo_web_image(
+        cls, size, rng, max_objects, off_topic=noise), seed=seed, salt=0x3EBD, noise_fraction=noise_fraction)
     write_text_atomic(out / "README.txt", _WEB_README.format(
         n=num_images, size=size, seed=seed, noise=noise_fraction, per=per_class, noise_pct=100 * noise_fraction,
         names=", ".join(DEMO_CLASSES)))

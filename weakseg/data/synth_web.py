@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -72,6 +73,31 @@ def render_web_image(cls: int, size: int, rng: np.random.Generator, max_objects:
     return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
 
+def write_web_set(out: Path, classes: tuple[str, ...], per_class: int,
+                  render: Callable[[int, np.random.Generator, bool], tuple[np.ndarray, np.ndarray]], *, seed: int,
+                  salt: int, noise_fraction: float) -> int:
+    """Write a web set in the ``folders`` layout: ``web/<class>/<class>_<i>.png`` and its scoring mask
+    ``masks/<class>/<class>_<i>.png`` for every foreground class of ``classes`` (index order, background first) and
+    ``i < per_class``, and ``classes.txt``. Image ``i`` of class ``c`` is ``render(c, rng, off_topic)`` with ``rng``
+    seeded by (seed, salt, c, i) alone, off-topic with probability ``noise_fraction`` (drawn first from ``rng``).
+
+    Returns:
+        the number of off-topic images.
+    """
+    palette = voc_palette()
+    off_topic = 0
+    for cls, name in enumerate(classes[1:], 1):
+        for i in range(per_class):
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), salt, cls, i]))
+            noise = bool(rng.random() < noise_fraction)
+            off_topic += noise
+            image, mask = render(cls, rng, noise)
+            save_image(out / "web" / name / f"{name}_{i:04d}.png", image)
+            save_label_png(out / "masks" / name / f"{name}_{i:04d}.png", mask, palette)
+    write_text_atomic(out / "classes.txt", "".join(f"{c}\n" for c in classes))
+    return off_topic
+
+
 def generate_synth_web(out_dir: str | os.PathLike, num_images: int = 700, size: int = 128, seed: int = 0,
                        val_fraction: float = 0.0, noise_fraction: float = 0.1, max_objects: int = 2) -> dict:
     """Write a synthetic web set to ``out_dir`` (layout in the module docstring).
@@ -89,19 +115,10 @@ def generate_synth_web(out_dir: str | os.PathLike, num_images: int = 700, size: 
         raise ValueError(f"need num_images >= 1, size >= 32, 0 <= noise_fraction < 1, max_objects >= 1; got "
                          f"{num_images}, {size}, {noise_fraction}, {max_objects}")
     out = Path(out_dir)
-    palette = voc_palette()
     classes = SYNTH_CLASSES[1:]
     per_class = max(1, num_images // len(classes))
-    off_topic = 0
-    for cls, name in enumerate(classes, 1):
-        for i in range(per_class):
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x3EB, cls, i]))
-            noise = bool(rng.random() < noise_fraction)
-            off_topic += noise
-            image, mask = render_web_image(cls, size, rng, max_objects, off_topic=noise)
-            save_image(out / "web" / name / f"{name}_{i:04d}.png", image)
-            save_label_png(out / "masks" / name / f"{name}_{i:04d}.png", mask, palette)
-    write_text_atomic(out / "classes.txt", "".join(f"{c}\n" for c in SYNTH_CLASSES))
+    off_topic = write_web_set(out, SYNTH_CLASSES, per_class, lambda cls, rng, noise: render_web_image(
+        cls, size, rng, max_objects, off_topic=noise), seed=seed, salt=0x3EB, noise_fraction=noise_fraction)
     write_text_atomic(out / "README.txt", _README.format(
         n=num_images, size=size, seed=seed, noise=noise_fraction, per=per_class, maxo=max_objects,
         noise_pct=100 * noise_fraction, names=", ".join(SYNTH_CLASSES), root=out))
