@@ -129,6 +129,21 @@ def test_results_table_ratio_to_full_supervision():
     assert "| partial CE | scribbles | **72.0** | 0.90 | 1.5 |" in table
 
 
+def test_results_table_marks_the_baseline_and_the_chart_colours_rows_by_role():
+    baseline = dict(_record("partial_ce", "partial CE", "scribbles", 0.68), role="baseline")
+    method = dict(_record("blpseg", "BLPSeg", "scribbles", 0.76), role="method")
+    table = demo.results_markdown([dict(_record("full", "full supervision", "masks", 0.80), role="bound"),
+                                   baseline, method])
+    assert "| partial CE | scribbles | **68.0** | 0.85 (baseline) | 1.0 |" in table
+    assert "| BLPSeg | scribbles | **76.0** | 0.95 | 1.0 |" in table
+    assert [e.role for e in demo.DEMO_ENTRIES[:2]] == ["bound", "baseline"]
+    assert {e.role for e in demo.DEMO_ENTRIES[2:]} == {"method"}
+    svg = svg_bar_chart([("a", 0.5), ("b", 0.4)], colours=["#111111", "#222222"])
+    assert svg.index('fill="#111111"') < svg.index('fill="#222222"')
+    with pytest.raises(ValueError, match="1 colours for 2 rows"):
+        svg_bar_chart([("a", 0.5), ("b", 0.4)], colours=["#111111"])
+
+
 def test_timing_counts_the_recorded_time_of_reused_entries():
     results = [_record("full", "full supervision", "masks", 0.9, 120.0), _record("bes", "BES", "tags", 0.5, 240.0)]
     results[1]["stage_seconds"] = {"train_cam": 40.0, "train_seg": 200.0, "evaluate": 0.2}

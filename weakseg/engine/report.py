@@ -97,11 +97,14 @@ def tag_picture(tags: list[int], classes: list[str] | tuple[str, ...], palette: 
 
 
 def svg_bar_chart(rows: list[tuple[str, float]], reference: float | None = None, width: int = 560,
-                  bar_height: int = 22, label_width: int = 190) -> str:
+                  bar_height: int = 22, label_width: int = 190, colours: list[str] | None = None) -> str:
     """Horizontal bars of values in [0, 1] (drawn as %), one per (label, value); ``reference`` draws a dashed
-    line (e.g. 0.85 × full supervision). Returns an ``<svg>`` element for inline use in HTML."""
+    line (e.g. 0.85 × full supervision); ``colours``: one fill per row (default: the first green, the others
+    blue). Returns an ``<svg>`` element for inline use in HTML."""
     from html import escape
 
+    if colours is not None and len(colours) != len(rows):
+        raise ValueError(f"svg_bar_chart: {len(colours)} colours for {len(rows)} rows")
     plot = width - label_width - 60
     height = 18 + len(rows) * (bar_height + 8) + 18
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
@@ -113,7 +116,7 @@ def svg_bar_chart(rows: list[tuple[str, float]], reference: float | None = None,
     for i, (label, value) in enumerate(rows):
         y = 18 + i * (bar_height + 8)
         v = 0.0 if value != value else max(0.0, min(1.0, value))
-        colour = "#4c72b0" if i else "#55a868"
+        colour = colours[i] if colours is not None else ("#4c72b0" if i else "#55a868")
         out.append(f'<text x="{label_width - 8}" y="{y + bar_height * 0.7:.1f}" text-anchor="end">'
                    f'{escape(label)}</text>'
                    f'<rect x="{label_width}" y="{y}" width="{plot * v:.1f}" height="{bar_height}" fill="{colour}"/>'
