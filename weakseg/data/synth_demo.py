@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.synth import _grid, _smooth_noise, write_segmentation_set
-from weakseg.data.synth_web import write_web_set
+from weakseg.data.synth_web import check_web_set_args, write_web_set
 from weakseg.utils.io import write_text_atomic
 
 DEMO_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
@@ -183,9 +183,7 @@ def generate_synth_demo_web(out_dir: str | os.PathLike, num_images: int = 250, s
     Returns:
         summary dict: ``num_train`` (images), ``num_val`` (0), ``off_topic``, ``out_dir``.
     """
-    if num_images < 1 or size < 32 or not 0 <= noise_fraction < 1 or max_objects < 1:
-        raise ValueError(f"need num_images >= 1, size >= 32, 0 <= noise_fraction < 1, max_objects >= 1; got "
-                         f"{num_images}, {size}, {noise_fraction}, {max_objects}")
+    check_web_set_args(num_images, size, noise_fraction, max_objects)
     out = Path(out_dir)
     per_class = max(1, num_images // (len(DEMO_CLASSES) - 1))
     off_topic = write_web_set(out, DEMO_CLASSES, per_class, lambda cls, rng, noise: render_demo_web_image(

@@ -73,6 +73,13 @@ def render_web_image(cls: int, size: int, rng: np.random.Generator, max_objects:
     return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
 
+def check_web_set_args(num_images: int, size: int, noise_fraction: float, max_objects: int) -> None:
+    """The arguments shared by the web-set generators, checked before anything is written (ValueError)."""
+    if num_images < 1 or size < 32 or not 0 <= noise_fraction < 1 or max_objects < 1:
+        raise ValueError(f"need num_images >= 1, size >= 32, 0 <= noise_fraction < 1, max_objects >= 1; got "
+                         f"{num_images}, {size}, {noise_fraction}, {max_objects}")
+
+
 def write_web_set(out: Path, classes: tuple[str, ...], per_class: int,
                   render: Callable[[int, np.random.Generator, bool], tuple[np.ndarray, np.ndarray]], *, seed: int,
                   salt: int, noise_fraction: float) -> int:
@@ -111,9 +118,7 @@ def generate_synth_web(out_dir: str | os.PathLike, num_images: int = 700, size: 
     Returns:
         summary dict: ``num_train`` (images), ``num_val`` (0), ``off_topic``, ``out_dir``.
     """
-    if num_images < 1 or size < 32 or not 0 <= noise_fraction < 1 or max_objects < 1:
-        raise ValueError(f"need num_images >= 1, size >= 32, 0 <= noise_fraction < 1, max_objects >= 1; got "
-                         f"{num_images}, {size}, {noise_fraction}, {max_objects}")
+    check_web_set_args(num_images, size, noise_fraction, max_objects)
     out = Path(out_dir)
     classes = SYNTH_CLASSES[1:]
     per_class = max(1, num_images // len(classes))
