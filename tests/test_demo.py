@@ -71,6 +71,9 @@ def test_demo_web_set_is_indexed_as_a_folders_web_set(tmp_path):
     meta = DatasetMeta(tuple((tmp_path / "a" / "classes.txt").read_text().split()))
     summary = index_web_images(tmp_path / "a" / "web", meta, layout="folders", out=None)
     assert summary.per_class == {c: 2 for c in range(1, len(DEMO_CLASSES))}
+    with pytest.raises(ValueError, match="size >= 32"):  # checked before anything is written
+        generate_synth_demo_web(tmp_path / "c", num_images=10, size=16)
+    assert not (tmp_path / "c").exists()
 
 
 def test_every_demo_preset_loads_with_the_demo_overrides(tmp_path):
