@@ -143,6 +143,8 @@ def test_results_table_marks_the_baseline_and_the_chart_colours_rows_by_role():
     assert {e.role for e in demo.DEMO_ENTRIES[2:]} == {"method"}
     svg = svg_bar_chart([("a", 0.5), ("b", 0.4)], colours=["#111111", "#222222"])
     assert svg.index('fill="#111111"') < svg.index('fill="#222222"')
+    with pytest.raises(ValueError, match="role 'weak' is not one of bound, baseline, method"):
+        demo.DemoEntry("x", "X", "demo/x.yaml", "train", "scribbles", role="weak")
     with pytest.raises(ValueError, match="1 colours for 2 rows"):
         svg_bar_chart([("a", 0.5), ("b", 0.4)], colours=["#111111"])
 

@@ -82,6 +82,10 @@ class DemoEntry:
     web: str = ""
     role: str = "method"
 
+    def __post_init__(self) -> None:
+        if self.role not in _ROLE_COLOURS:
+            raise ValueError(f"demo entry {self.key}: role {self.role!r} is not one of {', '.join(_ROLE_COLOURS)}")
+
 
 # Multi-stage entries name their last training stage's checkpoint and the pipeline's `evaluate` stage.
 # The first entry is the upper bound: the report's weak/full ratios are relative to it.
