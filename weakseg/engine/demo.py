@@ -460,8 +460,7 @@ def write_demo_report(out: Path, data_root: Path, results: list[dict], *, quick:
         _write_grid(out, data_root, results, meta)
         full = results[0]["metrics"]["miou"] if results else float("nan")
         chart = svg_bar_chart([(r["label"], r["metrics"]["miou"]) for r in results], reference=0.85 * full,
-                              colours=[_ROLE_COLOURS.get(r.get("role", "method"), _ROLE_COLOURS["method"])
-                                       for r in results])
+                              colours=[_ROLE_COLOURS[r.get("role", "method")] for r in results])
         write_text_atomic(page, _html_page(setting, table, chart, per_class, timing))
         if readme is not None:
             update_readme(Path(readme), setting, table, per_class)
